@@ -1,0 +1,81 @@
+"""
+Plain-Python configuration, nanoGPT style, with errors that say what to do.
+
+    python train.py config/train_shakespeare_char_cpu.py --batch_size=32 --compile=False
+
+An argument without '=' is a Python file exec'd over the script's defaults; '--key=value' overrides one
+default. Values are parsed with ast.literal_eval and fall back to the raw string. Every key must already
+exist (a typo names the closest valid keys) and keep its default's type (an int is fine for a float;
+a default of None accepts anything).
+"""
+import ast
+import difflib
+import sys
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _closest(key, valid):
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else f" Valid keys: {', '.join(sorted(valid))}."
+
+
+def _check_type(key, value, default):
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        if type(value) is not type(default):
+            raise ConfigError(f"--{key}: expected {type(default).__name__} (default {default!r}), "
+                              f"got {type(value).__name__} {value!r}. Write --{key}=True or --{key}=False.")
+        return value
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)  # --learning_rate=1 means 1.0
+    if not isinstance(value, type(default)):
+        raise ConfigError(f"--{key}: expected {type(default).__name__} (default {default!r}), "
+                          f"got {type(value).__name__} {value!r}.")
+    return value
+
+
+def parse_value(text):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as --device=cuda
+
+
+def configure(namespace, argv=None, keys=None):
+    """Apply config files and --key=value overrides to `namespace` (a script's globals()), in order.
+
+    Only keys that exist in `namespace` with a plain value (int, float, bool, str, None, tuple, list, dict)
+    and do not start with '_' are configurable, or only `keys` when given. Returns the dict of configurable
+    keys and their values."""
+    argv = sys.argv[1:] if argv is None else argv
+    plain = (int, float, bool, str, type(None), tuple, list, dict)
+    if keys is None:
+        keys = [k for k, v in namespace.items() if not k.startswith('_') and isinstance(v, plain)]
+    for arg in argv:
+        if '=' not in arg:
+            if arg.startswith('--'):
+                raise ConfigError(f"{arg}: overrides are written --key=value.")
+            try:
+                source = open(arg).read()
+            except OSError as e:
+                raise ConfigError(f"cannot read config file {arg!r} ({e.strerror}). Config files live in config/.")
+            scope = {k: namespace[k] for k in keys}
+            exec(source, {}, scope)
+            for k, v in scope.items():
+                if k.startswith('_') or not isinstance(v, plain):
+                    continue  # helpers and imports inside a config file are its own business
+                if k not in keys:
+                    raise ConfigError(f"{arg} sets unknown key {k!r}.{_closest(k, keys)}")
+                namespace[k] = _check_type(k, v, namespace[k])
+        else:
+            if not arg.startswith('--'):
+                raise ConfigError(f"{arg}: overrides are written --key=value.")
+            key, text = arg[2:].split('=', 1)  # split once: values may contain '='
+            if key not in keys:
+                raise ConfigError(f"unknown config key {key!r}.{_closest(key, keys)}")
+            namespace[key] = _check_type(key, parse_value(text), namespace[key])
+    return {k: namespace[k] for k in keys}

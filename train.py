@@ -1,0 +1,447 @@
+"""
+One training loop for every nano4M family. Runs on a CPU, one GPU, or many through torchrun:
+
+    python train.py config/train_shakespeare_char_cpu.py
+    python train.py config/train_shakespeare_char_cpu.py --batch_size=32 --compile=False
+    torchrun --standalone --nproc_per_node=8 train.py config/train_shakespeare_char.py
+    torchrun --nnodes=2 --node_rank=0 --rdzv_endpoint=HOST:29500 --nproc_per_node=8 train.py ...   # per node
+
+The batch comes from data.py and the loss from the model family, so this file knows no family.
+"""
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.distributed import destroy_process_group, init_process_group
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import ConfigError, configure
+from data import DataError, load_data, load_meta
+from model import ModelConfig, build_model, configure_optimizer, flops_per_token, num_params
+
+# -----------------------------------------------------------------------------
+# default config (GPT-2 124M on OpenWebText-sized settings); config files and --key=value override these
+# I/O
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200
+eval_only = False            # evaluate once and exit
+always_save_checkpoint = True  # write ckpt.pt at every eval; best.pt is kept separately when val improves
+keep_last_n = 0              # also keep the last n checkpoints as ckpt_<iter>.pt (0: none)
+init_from = 'scratch'        # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+# wandb logging (off by default; WANDB_MODE=offline works without a network)
+wandb_log = False
+wandb_project = 'nano4m'
+wandb_run_name = 'run'
+# data
+dataset = 'shakespeare_char'
+gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all ranks
+batch_size = 12              # micro-batch size per rank
+block_size = 1024
+# model
+model_type = 'gpt'
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0
+bias = True
+vocab_size = 0               # 0: the dataset's vocabulary size (from meta.json)
+# optimizer (AdamW)
+learning_rate = 6e-4
+max_iters = 600000
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0              # 0 disables clipping
+# learning rate schedule: linear warmup, cosine decay to min_lr, then constant
+decay_lr = True
+warmup_iters = 2000
+lr_decay_iters = 600000
+min_lr = 6e-5
+# system
+backend = ''                 # '' picks nccl on CUDA, gloo otherwise
+device = ''                  # '' picks cuda, then mps, then cpu
+dtype = ''                   # 'float32' | 'bfloat16' | 'float16'; '' picks bfloat16 where the GPU has it, else float32
+compile = False              # torch.compile the model
+deterministic = False        # torch.use_deterministic_algorithms, for bit-exact resume checks
+peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 looks the device up in PEAK_FLOPS
+seed = 1337
+# -----------------------------------------------------------------------------
+_config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+
+# Peak dense FLOP/s by device name fragment and dtype, for MFU (vendor dense figures, no sparsity). The CPU
+# entry is a large matmul measured on our 2-core AVX-512 VMs (fp32 / bf16); set --peak_flops for your machine.
+
+PEAK_FLOPS = {
+    'H200': {'bfloat16': 989e12, 'float16': 989e12, 'float32': 67e12},
+    'H100': {'bfloat16': 989e12, 'float16': 989e12, 'float32': 67e12},
+    'A100': {'bfloat16': 312e12, 'float16': 312e12, 'float32': 19.5e12},
+    'L40S': {'bfloat16': 362e12, 'float16': 362e12, 'float32': 91.6e12},
+    'A10G': {'bfloat16': 125e12, 'float16': 125e12, 'float32': 31.2e12},
+    'RTX 4090': {'bfloat16': 165e12, 'float16': 165e12, 'float32': 82.6e12},
+    'RTX 3090': {'bfloat16': 71e12, 'float16': 71e12, 'float32': 35.6e12},
+    'V100': {'bfloat16': 125e12, 'float16': 125e12, 'float32': 15.7e12},
+    'T4': {'bfloat16': 65e12, 'float16': 65e12, 'float32': 8.1e12},
+    'cpu': {'bfloat16': 800e9, 'float16': 160e9, 'float32': 160e9},
+}
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def pick_device(requested):
+    if requested:
+        return requested
+    if torch.cuda.is_available():
+        return 'cuda'
+    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
+        return 'mps'
+    return 'cpu'
+
+
+def pick_dtype(requested, device_type):
+    if requested:
+        return requested
+    if device_type == 'cuda' and torch.cuda.is_bf16_supported():
+        return 'bfloat16'
+    return 'float32'
+
+
+def lookup_peak_flops(device_type, dtype):
+    name = torch.cuda.get_device_name() if device_type == 'cuda' else device_type
+    for key, table in PEAK_FLOPS.items():
+        if key in name:
+            return table[dtype]
+    return 0.0  # unknown device: MFU is not printed
+
+
+def get_lr(it):
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def save_checkpoint(path, checkpoint):
+    """Write to a temp file and rename: a crash mid-write leaves the previous file intact."""
+    tmp = path + '.tmp'
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state():
+    state = {'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def main():
+    global config
+    try:
+        config = configure(globals(), keys=_config_keys)
+    except ConfigError as e:
+        sys.exit(f"config error: {e}")
+
+    # -------------------------------------------------------------------------
+    # distributed setup: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    device_name = pick_device(device)
+    if ddp:
+        rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+        if device_name.startswith('cuda'):
+            device_name = f'cuda:{local_rank}'
+            torch.cuda.set_device(device_name)
+        init_process_group(backend=backend or ('nccl' if device_name.startswith('cuda') else 'gloo'))
+    else:
+        rank, local_rank, world_size = 0, 0, 1
+    master = rank == 0
+    grad_accum = gradient_accumulation_steps
+    if grad_accum % world_size != 0:
+        sys.exit(f"config error: gradient_accumulation_steps={grad_accum} must be divisible by the number of "
+                 f"ranks ({world_size}): use --gradient_accumulation_steps={max(world_size, grad_accum // world_size * world_size)}")
+    grad_accum //= world_size
+    device_type = 'cuda' if device_name.startswith('cuda') else device_name
+    ptdtype_name = pick_dtype(dtype, device_type)
+    if master:
+        print(json.dumps({**config, 'device': device_name, 'dtype': ptdtype_name, 'world_size': world_size}, indent=None))
+        os.makedirs(out_dir, exist_ok=True)
+    tokens_per_iter = grad_accum * world_size * batch_size * block_size
+
+    torch.manual_seed(seed + rank)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[ptdtype_name]
+    autocast = nullcontext() if ptdtype_name == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
+
+    # -------------------------------------------------------------------------
+    # data and model
+    try:
+        data = load_data(dataset, model_type, block_size)
+        meta = load_meta(dataset)
+    except DataError as e:
+        sys.exit(f"data error: {e}")
+    # every rank draws the global batch from the same stream and keeps its slice (see data.global_draw); the
+    # sampler's state is part of the checkpoint for exact resume
+    sampler = torch.Generator().manual_seed(seed)
+
+    model_args = dict(model_type=model_type, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                      bias=bias, dropout=dropout, vocab_size=vocab_size or meta['vocab_size'])
+    iter_num, best_val_loss, checkpoint = 0, 1e9, None
+    ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+    if init_from == 'resume':
+        if not os.path.exists(ckpt_path):
+            sys.exit(f"init_from='resume' but {ckpt_path} does not exist: train with --init_from=scratch first, "
+                     f"or point --out_dir at the run to continue")
+        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        saved = checkpoint['model_config']
+        for k in ('model_type', 'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+            if saved[k] != model_args[k] and not (k == 'vocab_size' and not vocab_size):
+                sys.exit(f"resume error: the checkpoint in {out_dir} has {k}={saved[k]!r} but the config asks for "
+                         f"{model_args[k]!r}; drop the override or use another --out_dir")
+        if checkpoint['config'].get('dataset') != dataset:
+            sys.exit(f"resume error: the checkpoint in {out_dir} was trained on dataset "
+                     f"{checkpoint['config'].get('dataset')!r}, not {dataset!r}")
+        model_args = dict(saved, dropout=dropout)
+        iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+    elif init_from != 'scratch':
+        sys.exit(f"config error: init_from must be 'scratch' or 'resume', not {init_from!r}")
+    if model_args['vocab_size'] < meta['vocab_size']:
+        sys.exit(f"config error: vocab_size={model_args['vocab_size']} is smaller than dataset {dataset!r}'s "
+                 f"vocabulary ({meta['vocab_size']}); use --vocab_size=0 to take the dataset's")
+    model_config = ModelConfig(**model_args)
+    model = build_model(model_config)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint['model'])
+    model.to(device_name)
+    if master:
+        print(f"{model_type} model: {num_params(model) / 1e6:.2f}M parameters; "
+              f"{tokens_per_iter:,} tokens per iteration ({grad_accum} micro-steps x {world_size} ranks x "
+              f"{batch_size} x {block_size})")
+
+    scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype_name == 'float16'))
+    optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint['optimizer'])
+        sampler.set_state(checkpoint['sampler_state'])
+        if checkpoint['world_size'] == world_size:
+            torch.set_rng_state(checkpoint['rng_state'][rank]['torch'])
+            if device_type == 'cuda' and 'cuda' in checkpoint['rng_state'][rank]:
+                torch.cuda.set_rng_state(checkpoint['rng_state'][rank]['cuda'])
+        elif master:
+            print(f"note: resuming on {world_size} ranks from a checkpoint of {checkpoint['world_size']}: the data "
+                  f"order continues exactly, dropout's random stream is re-seeded")
+    checkpoint = None  # free memory
+
+    raw_model = model
+    if compile:
+        if master:
+            print("compiling the model... (takes a minute)")
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+
+    flops_token = flops_per_token(raw_model, block_size)
+    peak = peak_flops or lookup_peak_flops(device_type, ptdtype_name)
+
+    def batch_to_device(batch):
+        if device_type == 'cuda':
+            return {k: v.pin_memory().to(device_name, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(device_name) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches per split, drawn from a fixed seed so every eval (and a resumed
+        run's) sees the same batches and the training sampler is not disturbed."""
+        out = {}
+        model.eval()
+        for split in ('train', 'val'):
+            gen = torch.Generator().manual_seed(seed + 10_000)
+            losses = torch.zeros(eval_iters)
+            metrics_sum = {}
+            for k in range(eval_iters):
+                with autocast:
+                    _, loss, metrics = model(**batch_to_device(data.get_batch(split, batch_size, gen, rank, world_size)))
+                losses[k] = loss.item()
+                for name, value in metrics.items():  # e.g. per-modality losses
+                    metrics_sum[name] = metrics_sum.get(name, 0.0) + float(value)
+            mean = losses.mean().to(device_name)
+            if ddp:
+                torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
+            out[split] = mean.item()
+            for name, total in metrics_sum.items():
+                out[f'{split}/{name}'] = total / eval_iters
+        model.train()
+        return out
+
+    def write_checkpoint(reason, best=False):
+        ckpt = {
+            'model': raw_model.state_dict(),  # the raw model: no '_orig_mod.' or 'module.' prefixes
+            'optimizer': optimizer.state_dict(),
+            'model_config': model_config.to_dict(),
+            'config': config,
+            'iter_num': iter_num,
+            'best_val_loss': best_val_loss,
+            'world_size': world_size,
+            'sampler_state': sampler.get_state(),  # the same on every rank
+            'rng_state': gathered(rng_state()),
+        }
+        if not master:
+            return
+        save_checkpoint(ckpt_path, ckpt)
+        if best:
+            save_checkpoint(os.path.join(out_dir, 'best.pt'), ckpt)
+        if keep_last_n > 0:
+            save_checkpoint(os.path.join(out_dir, f'ckpt_{iter_num:07d}.pt'), ckpt)
+            kept = sorted(f for f in os.listdir(out_dir) if f.startswith('ckpt_') and f.endswith('.pt'))
+            for old in kept[:-keep_last_n]:
+                os.remove(os.path.join(out_dir, old))
+        print(f"saved checkpoint at step {iter_num} to {out_dir} ({reason})")
+
+    def gathered(state):
+        """Each rank's copy of its RNG state, as a list indexed by rank (only rank 0 saves it)."""
+        if not ddp:
+            return [state]
+        states = [None] * world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+
+    metrics_file = open(os.path.join(out_dir, 'metrics.jsonl'), 'a') if master else None
+
+    def log_metrics(record):
+        if not master:
+            return
+        metrics_file.write(json.dumps(record) + '\n')
+        metrics_file.flush()
+        if wandb_log:
+            wandb.log(record, step=record['iter'])
+
+    if wandb_log and master:
+        import wandb
+        mode = os.environ.get('WANDB_MODE', '')
+        if mode not in ('offline', 'disabled', 'dryrun') and not (os.environ.get('WANDB_API_KEY') or wandb.api.api_key):
+            sys.exit("wandb error: no API key configured. Run `wandb login`, or log locally with WANDB_MODE=offline, "
+                     "or drop --wandb_log=True")
+        wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
+
+    # preemption: SIGTERM/SIGINT set a flag; the loop checkpoints at the next iteration boundary and exits
+    stop_signal = {'received': None}
+
+    def on_signal(signum, frame):
+        stop_signal['received'] = signal.Signals(signum).name
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def should_stop():
+        flag = torch.tensor([1.0 if stop_signal['received'] else 0.0])
+        if ddp:  # all ranks must agree, or the others would hang in the next all-reduce
+            flag = flag.to(device_name)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return flag.item() > 0
+
+    # -------------------------------------------------------------------------
+    # the loop
+    t0 = time.time()
+    running_mfu = -1.0
+    first_iter = iter_num
+    while True:
+        lr = get_lr(iter_num)
+        for group in optimizer.param_groups:
+            group['lr'] = lr
+
+        if should_stop():
+            write_checkpoint(f"received {stop_signal['received'] or 'a stop signal on another rank'}")
+            if master:
+                print(f"stopped at step {iter_num}; continue with --init_from=resume")
+            break
+
+        if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+            losses = estimate_loss()
+            extra = ''.join(f", {k} {v:.4f}" for k, v in losses.items() if k.startswith('val/'))
+            if master:
+                print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")
+            log_metrics({'iter': iter_num, 'event': 'eval', 'lr': lr, 'tokens': iter_num * tokens_per_iter,
+                         **{f'{k}/loss' if '/' not in k else k: v for k, v in losses.items()}})
+            if eval_only:
+                break
+            improved = losses['val'] < best_val_loss
+            best_val_loss = min(best_val_loss, losses['val'])
+            if iter_num > first_iter and (improved or always_save_checkpoint):
+                write_checkpoint('best val loss' if improved else 'periodic', best=improved)
+        if iter_num >= max_iters:
+            break
+
+        # forward, backward, update; gradients are all-reduced only on the last micro-step
+        for micro_step in range(grad_accum):
+            batch = batch_to_device(data.get_batch('train', batch_size, sampler, rank, world_size))
+            if ddp:
+                model.require_backward_grad_sync = micro_step == grad_accum - 1
+            with autocast:
+                _, loss, metrics = model(**batch)
+                loss = loss / grad_accum
+            scaler.scale(loss).backward()
+        loss_value = loss.detach() * grad_accum
+        if ddp:  # every rank must see a non-finite loss, or the healthy ones would hang in the next all-reduce
+            torch.distributed.all_reduce(loss_value, op=torch.distributed.ReduceOp.AVG)
+        loss_value = loss_value.item()
+        if not math.isfinite(loss_value):
+            raise TrainingError(f"non-finite loss {loss_value} at step {iter_num}: stopping without saving. "
+                                f"The last good checkpoint is {ckpt_path}; lower --learning_rate or use "
+                                f"--dtype=bfloat16/float32, then --init_from=resume")
+        if grad_clip != 0.0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+        t1 = time.time()
+        dt, t0 = t1 - t0, t1
+        if iter_num % log_interval == 0 and master:
+            tokens_per_s = tokens_per_iter / dt
+            line = f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s"
+            if peak and iter_num >= first_iter + 5:  # skip the warm-up iterations (compile, allocator)
+                mfu = flops_token * tokens_per_s / peak
+                running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
+                line += f", mfu {running_mfu * 100:.2f}%"
+            extra = {k: float(v) for k, v in metrics.items()}
+            line += ''.join(f", {k} {v:.4f}" for k, v in extra.items())
+            print(line)
+            log_metrics({'iter': iter_num, 'event': 'train', 'loss': loss_value, 'lr': lr, 'dt_ms': dt * 1000,
+                         'tokens_per_s': tokens_per_s, 'mfu': running_mfu, **extra})
+        iter_num += 1
+
+    if ddp:  # DDP keeps replicas identical by construction; check it, since a silent desync wastes a whole run
+        weights = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
+        high, low = weights.clone(), weights.clone()
+        torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+        if master:
+            print(f"ranks in sync: largest weight difference across {world_size} ranks {(high - low).max().item():.3g}")
+    if metrics_file:
+        metrics_file.close()
+    if wandb_log and master:
+        wandb.finish()
+    if ddp:
+        destroy_process_group()
+
+
+if __name__ == '__main__':
+    try:
+        main()
+    except TrainingError as e:
+        sys.exit(f"training error: {e}")
