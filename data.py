@@ -126,7 +126,7 @@ class TextData:
             raise DataError(f"dataset {dataset!r} holds {self.meta.get('kind')!r} data, not text: "
                             f"the gpt family on text needs e.g. --dataset=shakespeare_char")
         self.dir, self.block_size = dataset_dir(dataset), block_size
-        self.vocab_size = self.meta['vocab_size']
+        self.model_args = {'vocab_size': self.meta['vocab_size']}  # ModelConfig fields this data fixes
         for split in ('train', 'val'):
             n = self.meta[f'{split}_tokens']
             if n <= block_size + 1:

@@ -15,13 +15,14 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import ConfigError, configure
-from data import DataError, load_data, load_meta
+from data import DataError, load_data
 from model import ModelConfig, build_model, configure_optimizer, flops_per_token, num_params
 
 # -----------------------------------------------------------------------------
@@ -51,7 +52,8 @@ n_head = 12
 n_embd = 768
 dropout = 0.0
 bias = True
-vocab_size = 0               # 0: the dataset's vocabulary size (from meta.json)
+vocab_size = 0               # 0: what the dataset needs (from meta.json)
+# ...and every other ModelConfig field (model.py) is a config key too, with the dataclass's default
 # optimizer (AdamW)
 learning_rate = 6e-4
 max_iters = 600000
@@ -73,7 +75,10 @@ deterministic = False        # torch.use_deterministic_algorithms, for bit-exact
 peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 looks the device up in PEAK_FLOPS
 seed = 1337
 # -----------------------------------------------------------------------------
-_config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+for _f in fields(ModelConfig):
+    globals().setdefault(_f.name, _f.default)
+_config_keys = [k for k, v in globals().items()
+                if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple, list, dict, type(None)))]
 
 # Peak dense FLOP/s by device name fragment and dtype, for MFU (vendor dense figures, no sparsity). The CPU
 # entry is a large matmul measured on our 2-core AVX-512 VMs (fp32 / bf16); set --peak_flops for your machine.
@@ -192,15 +197,16 @@ def main():
     # data and model
     try:
         data = load_data(dataset, model_type, block_size)
-        meta = load_meta(dataset)
     except DataError as e:
         sys.exit(f"data error: {e}")
     # every rank draws the global batch from the same stream and keeps its slice (see data.global_draw); the
     # sampler's state is part of the checkpoint for exact resume
     sampler = torch.Generator().manual_seed(seed)
 
-    model_args = dict(model_type=model_type, n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                      bias=bias, dropout=dropout, vocab_size=vocab_size or meta['vocab_size'])
+    model_args = {f.name: config[f.name] for f in fields(ModelConfig)}
+    for k, v in data.model_args.items():  # what the dataset fixes (vocabulary, grids, modalities), unless set
+        if model_args[k] in (0, '', None):
+            model_args[k] = v
     iter_num, best_val_loss, checkpoint = 0, 1e9, None
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if init_from == 'resume':
@@ -209,10 +215,10 @@ def main():
                      f"or point --out_dir at the run to continue")
         checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
         saved = checkpoint['model_config']
-        for k in ('model_type', 'n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
-            if saved[k] != model_args[k] and not (k == 'vocab_size' and not vocab_size):
+        for k in saved:
+            if k != 'dropout' and saved[k] != model_args.get(k):
                 sys.exit(f"resume error: the checkpoint in {out_dir} has {k}={saved[k]!r} but the config asks for "
-                         f"{model_args[k]!r}; drop the override or use another --out_dir")
+                         f"{model_args.get(k)!r}; resume with the run's own config, or use another --out_dir")
         if checkpoint['config'].get('dataset') != dataset:
             sys.exit(f"resume error: the checkpoint in {out_dir} was trained on dataset "
                      f"{checkpoint['config'].get('dataset')!r}, not {dataset!r}")
@@ -220,9 +226,9 @@ def main():
         iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     elif init_from != 'scratch':
         sys.exit(f"config error: init_from must be 'scratch' or 'resume', not {init_from!r}")
-    if model_args['vocab_size'] < meta['vocab_size']:
+    if model_args['vocab_size'] < data.model_args['vocab_size']:
         sys.exit(f"config error: vocab_size={model_args['vocab_size']} is smaller than dataset {dataset!r}'s "
-                 f"vocabulary ({meta['vocab_size']}); use --vocab_size=0 to take the dataset's")
+                 f"vocabulary ({data.model_args['vocab_size']}); use --vocab_size=0 to take the dataset's")
     model_config = ModelConfig(**model_args)
     model = build_model(model_config)
     if checkpoint is not None:
