@@ -65,10 +65,10 @@ def main():
     try:
         if init_from == 'resume':
             model, checkpoint = load_model(out_dir, ckpt, device_name)
-            dataset = checkpoint['config']['dataset']
+            # the checkpoint carries its dataset's meta.json, so decoding never depends on data/ still matching
+            meta = checkpoint.get('data_meta') or load_meta(checkpoint['config']['dataset'])
         else:
             raise SystemExit("sample.py: init_from must be 'resume' for now")
-        meta = load_meta(dataset)
     except (FileNotFoundError, DataError) as e:
         sys.exit(f"sample.py: {e}")
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[pick_dtype(dtype, device_type)]

@@ -163,19 +163,20 @@ def main():
     # distributed setup: torchrun sets RANK, LOCAL_RANK and WORLD_SIZE
     ddp = int(os.environ.get('RANK', -1)) != -1
     device_name = pick_device(device)
+    world_size = int(os.environ.get('WORLD_SIZE', 1)) if ddp else 1
+    grad_accum = gradient_accumulation_steps
+    if grad_accum % world_size != 0:  # checked before joining the process group, so no rank hangs
+        sys.exit(f"config error: gradient_accumulation_steps={grad_accum} must be divisible by the number of "
+                 f"ranks ({world_size}): use --gradient_accumulation_steps={world_size * max(1, round(grad_accum / world_size))}")
     if ddp:
-        rank, local_rank, world_size = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
         if device_name.startswith('cuda'):
             device_name = f'cuda:{local_rank}'
             torch.cuda.set_device(device_name)
         init_process_group(backend=backend or ('nccl' if device_name.startswith('cuda') else 'gloo'))
     else:
-        rank, local_rank, world_size = 0, 0, 1
+        rank, local_rank = 0, 0
     master = rank == 0
-    grad_accum = gradient_accumulation_steps
-    if grad_accum % world_size != 0:
-        sys.exit(f"config error: gradient_accumulation_steps={grad_accum} must be divisible by the number of "
-                 f"ranks ({world_size}): use --gradient_accumulation_steps={max(world_size, grad_accum // world_size * world_size)}")
     grad_accum //= world_size
     device_type = 'cuda' if device_name.startswith('cuda') else device_name
     ptdtype_name = pick_dtype(dtype, device_type)
@@ -222,6 +223,11 @@ def main():
         if checkpoint['config'].get('dataset') != dataset:
             sys.exit(f"resume error: the checkpoint in {out_dir} was trained on dataset "
                      f"{checkpoint['config'].get('dataset')!r}, not {dataset!r}")
+        if checkpoint.get('data_meta') != data.meta:
+            changed = sorted(k for k in set(data.meta) | set(checkpoint['data_meta'])
+                             if data.meta.get(k) != checkpoint['data_meta'].get(k))
+            sys.exit(f"resume error: data/{dataset}/meta.json changed since the checkpoint was written ({', '.join(changed)} "
+                     f"differ): re-run the prepare.py command the run was trained on, or start a new --out_dir")
         model_args = dict(saved, dropout=dropout)
         iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     elif init_from != 'scratch':
@@ -295,6 +301,9 @@ def main():
         return out
 
     def write_checkpoint(reason, best=False):
+        if not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise TrainingError(f"non-finite weights at step {iter_num}: not saving them. The last good checkpoint "
+                                f"is {ckpt_path}; lower --learning_rate, then --init_from=resume")
         ckpt = {
             'model': raw_model.state_dict(),  # the raw model: no '_orig_mod.' or 'module.' prefixes
             'optimizer': optimizer.state_dict(),
@@ -302,6 +311,7 @@ def main():
             'config': config,
             'iter_num': iter_num,
             'best_val_loss': best_val_loss,
+            'data_meta': data.meta,  # what the tokens mean: sample.py decodes with it, resume checks it
             'world_size': world_size,
             'sampler_state': sampler.get_state(),  # the same on every rank
             'rng_state': gathered(rng_state()),
@@ -339,7 +349,7 @@ def main():
     if wandb_log and master:
         import wandb
         mode = os.environ.get('WANDB_MODE', '')
-        if mode not in ('offline', 'disabled', 'dryrun') and not (os.environ.get('WANDB_API_KEY') or wandb.api.api_key):
+        if mode not in ('offline', 'disabled', 'dryrun') and not wandb.login(prompt=False, verify=False):
             sys.exit("wandb error: no API key configured. Run `wandb login`, or log locally with WANDB_MODE=offline, "
                      "or drop --wandb_log=True")
         wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
@@ -377,6 +387,9 @@ def main():
 
         if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
             losses = estimate_loss()
+            if not math.isfinite(losses['val']):
+                raise TrainingError(f"non-finite val loss at step {iter_num}: stopping without saving. The last good "
+                                    f"checkpoint is {ckpt_path}; lower --learning_rate, then --init_from=resume")
             extra = ''.join(f", {k} {v:.4f}" for k, v in losses.items() if k.startswith('val/'))
             if master:
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{extra}")

@@ -20,8 +20,10 @@ def data_root(tmp_path_factory):
 
 
 def run(args, env_extra=None, check=True, timeout=600):
-    """Run one of the repository's scripts as a user would, from the repository root."""
+    """Run one of the repository's scripts as a user would, from the repository root, on one thread each
+    (tests run several processes at once on small machines)."""
     env = {**os.environ, 'PYTHONUNBUFFERED': '1', 'WANDB_MODE': 'disabled', 'OMP_NUM_THREADS': '1', **(env_extra or {})}
+    env = {k: v for k, v in env.items() if v is not None}  # None in env_extra removes a variable
     result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
