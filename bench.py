@@ -62,10 +62,11 @@ def bench_train(model, device_name, autocast):
     return batch_size * train_block_size / dt, dt
 
 
-def bench_sample(model, device_name, use_cache, autocast):
+def bench_sample(model, device_name, use_cache):
+    """Sampling runs in float32 as sample.py does (see its dtype comment)."""
     x = torch.zeros((sample_batch_size, 1), dtype=torch.long, device=device_name)
     gen = torch.Generator(device=device_name).manual_seed(seed)
-    with autocast:
+    with torch.no_grad():
         model.generate(x, 8, kv_cache=use_cache, generator=gen)  # warm-up
         sync(device_name)
         t0 = time.perf_counter()
@@ -103,8 +104,8 @@ def main():
           f"{flops / 1e9:,.1f} GFLOP/s{mfu}")
 
     model.eval()
-    cached = bench_sample(model, device_name, True, autocast)
-    uncached = bench_sample(model, device_name, False, autocast)
+    cached = bench_sample(model, device_name, True)
+    uncached = bench_sample(model, device_name, False)
     print(f"sample {sample_tokens} tokens (batch {sample_batch_size}): KV cache {cached:,.0f} tokens/s, "
           f"no cache {uncached:,.0f} tokens/s -> KV cache {cached / uncached:.1f}x faster")
 
