@@ -164,7 +164,7 @@ def describe_object(obj):
 
 def make_caption(objects):
     """Visible objects, left to right in the image -> 'a ... , a ... .'"""
-    return ' , '.join(describe_object(o) for o in objects) + ' .'
+    return ' , '.join(describe_object(o) for o in objects) + ' .' if objects else '.'
 
 # -----------------------------------------------------------------------------
 # scene sampling
