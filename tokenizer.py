@@ -180,6 +180,18 @@ def reconstruct(model, images, batch_size=256, bf16=False):
     return np.concatenate(recons), np.concatenate(tokens)
 
 
+def tokenize_images(model, images, batch_size=256, bf16=False):
+    """images (N, C, H, W) uint8 or float in [0, 1] -> tokens (N, h, w) int16 numpy (codebook <= 32768)."""
+    model.eval()
+    device = next(model.parameters()).device.type
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = _to_float(images[i:i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model.encode(x).cpu().numpy().astype(np.int16))
+    return np.concatenate(out)
+
+
 def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=None, batch_size=32, lr=2e-3,
                     warmup_steps=100, weight_decay=0.01, l1_weight=0.0, bf16=None, hflip=False, seed=0,
                     device='cpu', clock='wall', log_every=200, verbose=True):
@@ -437,7 +449,8 @@ def read_idx(path):
     assert raw[0] == 0 and raw[1] == 0 and raw[2] == 0x08, f"{path}: not an unsigned-byte IDX file"
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype='>i4', count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    return data.copy()  # writable, so torch.as_tensor does not warn
 
 # -----------------------------------------------------------------------------
 # CLI
@@ -472,8 +485,9 @@ def main():
         import clevr
         grid = args.grid or 8
         mods = {'rgb': ('rgb',), 'depth': ('depth',), 'normals': ('normals',), 'edges': ('edges',)}[args.modality]
-        train = render_train = clevr.render_scenes(args.num_train, seed=args.seed + 1000, modalities=mods)
-        val = clevr.render_scenes(args.num_val, seed=args.seed + 999_000, modalities=clevr.ALL_MODALITIES)
+        # the same split seeds as the 4M data, so the tokenizer's held-out scenes are the val split's first scenes
+        train = render_train = clevr.render_scenes(args.num_train, seed=clevr.SPLIT_SEEDS['train'] + args.seed, modalities=mods)
+        val = clevr.render_scenes(args.num_val, seed=clevr.SPLIT_SEEDS['val'], modalities=clevr.ALL_MODALITIES)
         train_images, val_images = modality_images(train, args.modality), modality_images(val, args.modality)
         del render_train, train
         cfg = config_for(64, grid, train_images.shape[1])

@@ -22,6 +22,8 @@ def test_same_seed_same_scenes_different_seed_different(scenes):
     assert not np.array_equal(scenes['rgb'], other['rgb'])
     prefix = clevr.render_scenes(5, seed=3, modalities=('rgb',))
     assert np.array_equal(prefix['rgb'], scenes['rgb'][:5])
+    piece = clevr.render_scenes(5, seed=3, modalities=('rgb',), start=20)
+    assert np.array_equal(piece['rgb'], scenes['rgb'][20:25])
 
 
 def test_shapes_and_dtypes(scenes):

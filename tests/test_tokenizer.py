@@ -71,6 +71,8 @@ def test_save_load_round_trip(tiny_trained, tmp_path):
     assert loaded_metrics == pytest.approx(metrics)
     x = torch.as_tensor(images[:8]).float() / 255
     assert torch.equal(loaded.encode(x), model.eval().encode(x))
+    tokens = T.tokenize_images(loaded, images[:8])
+    assert tokens.dtype == np.int16 and np.array_equal(tokens, model.encode(x).numpy())
     # same weights; decode may differ in the last float bits (memory format), not more
     assert torch.allclose(loaded.decode(loaded.encode(x)), model.decode(model.encode(x)), atol=1e-5)
 
