@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import clevr
+
 # -----------------------------------------------------------------------------
 # model
 
@@ -126,11 +128,11 @@ class ImageTokenizer(nn.Module):
         self.fsq = FSQ(cfg.levels)
 
     def forward(self, images):
-        """images (B, C, H, W) in [0, 1] -> reconstruction (unclamped) and digits (B, D, h, w)."""
+        """images (B, C, H, W) in [0, 1] -> reconstruction (unclamped), digits (B, D, h, w), latent z (B, D, h, w)."""
         z = self.encoder(images * 2 - 1).float()  # FSQ in fp32 even under autocast
         digits = self.fsq.quantize(z)
         recon = self.decoder(self.fsq.digits_to_latent(digits))
-        return recon, digits
+        return recon, digits, z
 
     @torch.no_grad()
     def encode(self, images):
@@ -193,7 +195,7 @@ def tokenize_images(model, images, batch_size=256, bf16=False):
 
 
 def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=None, batch_size=32, lr=2e-3,
-                    warmup_steps=100, weight_decay=0.01, l1_weight=0.0, bf16=None, hflip=False, seed=0,
+                    warmup_steps=100, weight_decay=0.01, l1_weight=0.0, latent_penalty=1.0, bf16=None, hflip=False, seed=0,
                     device='cpu', clock='wall', log_every=200, verbose=True):
     """Train an ImageTokenizer on (N, C, H, W) uint8 (or float in [0, 1]) images until max_seconds or max_steps.
     The LR warms up linearly then follows a cosine to 10% over the time (or step) budget, whichever is nearer.
@@ -202,6 +204,7 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
     i.e. the wall time the same work takes on that many dedicated cores (for fair budgets on a shared machine;
     spin-waiting threads count too, so it errs on the short side).
     Returns (model, metrics) with val psnr, codebook usage and perplexity, steps, images/s, train seconds."""
+    assert max_seconds or max_steps, "give max_seconds or max_steps (or both)"
     torch.manual_seed(seed)
     if bf16 is None:
         bf16 = cpu_supports_bf16() if device == 'cpu' else torch.cuda.is_bf16_supported()
@@ -236,9 +239,13 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         model.train()
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            recon, _ = model(x)
+            recon, _, z = model(x)
         recon = recon.float()
         loss = F.mse_loss(recon, x)
+        # the sigmoid bound of FSQ has no gradient once |z| is large: a run on normals drifted to |z| ~ 1000 and
+        # collapsed to a single code. Penalise only |z| beyond 4 (sigmoid(4) = 0.98 already reaches every level),
+        # so the penalty is zero in the useful range and pulls saturated latents back
+        loss = loss + latent_penalty * F.relu(z.abs() - 4).pow(2).mean()
         if l1_weight:
             loss = loss + l1_weight * F.l1_loss(recon, x)
         opt.zero_grad(set_to_none=True)
@@ -347,7 +354,6 @@ def object_colour_accuracy(rgb, instance, objects, palette=None, colour_names=No
     the best brightness scale per palette colour (shading moves even the original pixels off the palette, so
     colours are compared up to brightness). rgb (N, H, W, 3) uint8 or float in [0, 1]; instance (N, H, W) with
     k = k-th object (1-based); objects: per scene list of dicts with 'colour'."""
-    import clevr
     palette = (clevr.PALETTE if palette is None else np.asarray(palette)).astype(np.float64) / 255.0  # (P, 3)
     colour_names = clevr.COLOURS if colour_names is None else colour_names
     rgb = np.asarray(rgb, dtype=np.float64)
@@ -431,7 +437,6 @@ def evaluate_clevr(model, val, modality, bf16=False):
 
 def semseg_pooling_bound(val, grid):
     """Pixel accuracy and mIoU of the majority-pooled semseg grid upsampled back: the best a label-grid token can do."""
-    import clevr
     pooled = pool_labels(val['semseg'], grid, clevr.NUM_SEMSEG_CLASSES)
     up = upsample_labels(pooled, val['semseg'].shape[-1])
     return dict(semseg_pixel_accuracy=pixel_accuracy(up, val['semseg']),
@@ -482,7 +487,6 @@ def main():
 
     t0 = time.time()
     if args.dataset == 'clevr':
-        import clevr
         grid = args.grid or 8
         mods = {'rgb': ('rgb',), 'depth': ('depth',), 'normals': ('normals',), 'edges': ('edges',)}[args.modality]
         # the same split seeds as the 4M data, so the tokenizer's held-out scenes are the val split's first scenes
