@@ -15,7 +15,11 @@ grid), and a CLI:
     python tokenizer.py --dataset=fashion_mnist --max_seconds=120
 
 which renders/reads its own images, trains, prints the metrics and saves data/<dataset>/tokenizers/<name>.pt
-(name = <modality> for the default grid, <modality>_g<grid> otherwise).
+(name = <modality> for the default grid, <modality>_g<grid> otherwise). On a shared machine add
+--threads=1 --clock=cpu: the budget then counts CPU seconds, and one thread avoids OpenMP stalls.
+
+FSQ caveat: a sigmoid-bounded latent stops getting gradient once |z| is large; training adds a penalty on
+|z| beyond 4 (zero in the useful range) after a normals run saturated and collapsed to one code without it.
 """
 
 import argparse
@@ -24,7 +28,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 
 import numpy as np
 import torch
