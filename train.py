@@ -237,7 +237,7 @@ def main():
     if master:
         print(f"{model_type} model: {num_params(model) / 1e6:.2f}M parameters; "
               f"{tokens_per_iter:,} tokens per iteration ({grad_accum} micro-steps x {world_size} ranks x "
-              f"{batch_size} x {block_size})")
+              f"{batch_size} x {model_config.block_size})")
 
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype_name == 'float16'))
     optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type)
