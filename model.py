@@ -413,8 +413,8 @@ def iterative_decode(predict_logits_fn, tokens, mask, steps=8, scheme='maskgit',
             logits = cfg_logits(logits, predict_logits_fn(tokens, mask, True), cfg_scale)
         logits = logits.float()
         sampled = sample_logits(logits, temperature, top_k, top_p, generator)[..., 0]  # (B, L)
-        u = torch.rand(sampled.shape, generator=generator, device=sampled.device).clamp_(1e-20, 1.0)
-        gumbel = -torch.log(-torch.log(u).clamp_(min=1e-20))
+        u = torch.rand(sampled.shape, generator=generator, device=sampled.device)
+        gumbel = -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))  # (B, L) standard Gumbel noise
         if scheme == 'maskgit':
             log_p = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
             confidence = log_p + choice_temperature * (1.0 - (s + 1) / steps) * gumbel

@@ -97,6 +97,27 @@ def test_decoding_leaves_no_masked_token(scheme):
         assert torch.equal(tok[~m], tokens[~m])
 
 
+def test_confidence_picks_most_likely_and_roar_differs():
+    model = tiny_maskgit()
+    cond = torch.arange(4)[:, None] % NUM_CLASSES
+    predict = lambda t, m, d: model(t, m, cond, compute_loss=False)[0]
+    start, mask = torch.zeros(4, GH * GW, dtype=torch.long), torch.ones(4, GH * GW, dtype=torch.bool)
+    # no noise (greedy tokens, choice temperature 0): step 1 reveals exactly the most confident positions
+    _, _, hist = iterative_decode(predict, start, mask, steps=4, temperature=0, choice_temperature=0.0,
+                                  return_history=True)
+    n = reveal_counts(mask.sum(1), 4)[0]
+    top = predict(start, mask, False).softmax(-1).max(-1).values.argsort(dim=1, descending=True)
+    for b in range(4):
+        assert set((~hist[0][1][b]).nonzero().flatten().tolist()) == set(top[b, :n[b]].tolist())
+    # the Gumbel noise is real noise: maskgit and roar reveal different orders from the same seed
+    orders = []
+    for scheme in ('maskgit', 'roar'):
+        _, _, h = iterative_decode(predict, start, mask, steps=4, scheme=scheme, return_history=True,
+                                   generator=torch.Generator().manual_seed(0))
+        orders.append(torch.stack([m for _, m in h]))
+    assert not torch.equal(orders[0], orders[1])
+
+
 def test_cfg_scale_one_is_the_conditional_path():
     c, u = torch.randn(3, 7, 11), torch.randn(3, 7, 11)
     assert torch.equal(cfg_logits(c, u, 1.0), c)
