@@ -41,7 +41,7 @@ temperature = 1.0
 choice_temperature = 4.5
 cfg_scale = 2.0             # the guided columns; 1.0 is the plain conditional model
 classifier_epochs = 5
-speed_batch = 256           # the 'large batch' of the speed table
+speed_batch = 256           # the 'large batch' of the speed table on the dataset's grid (same tokens on the other)
 speed_grid = 16             # the second grid of the speed table (random weights, same model shape)
 seed = 1337
 device = 'cpu'
@@ -231,7 +231,8 @@ def speed():
     print("|---|---|---|---|---|---|---|---|")
     for (gh, gw), m_mg, m_ar in grids:
         m = {**meta, 'grid': [gh, gw]}
-        for batch in (1, speed_batch):
+        # the large batch holds about speed_batch grids of the dataset's size: the same tokens on both grids
+        for batch in (1, max(1, speed_batch * meta['grid'][0] * meta['grid'][1] // (gh * gw))):
             labels = torch.arange(batch) % meta['num_classes']
             times = {}
             for name, model, kw in (('maskgit', m_mg, dict(steps=8)), ('ar', m_ar, dict())):
