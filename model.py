@@ -337,6 +337,29 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
     """logits (..., V) -> sampled ids (..., 1). temperature 0 is greedy (argmax)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+    flat = probs.reshape(-1, probs.size(-1))
+    return torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+
+
+def gumbel_noise(shape, generator=None, device=None):
+    """Standard Gumbel noise -log(-log(u)), u ~ U(0, 1), kept finite at both ends."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
+
+
+def sample_logits_gumbel(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Same distribution as sample_logits, drawn as argmax(filtered logits + Gumbel noise) (the Gumbel-max
+    trick): one elementwise pass instead of torch.multinomial, which is slow on CPU for many rows at once
+    (every grid position of every image in a MaskGIT step). Returns ids (...,), without the trailing 1."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits, temperature, top_k, top_p)
+    return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Temperature, then top-k, then top-p (nucleus): logits (..., V) -> logits with dropped ids at -inf."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., [-1]]
@@ -348,9 +371,7 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float('-inf'))
-    probs = logits.softmax(dim=-1)
-    flat = probs.reshape(-1, probs.size(-1))
-    return torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+    return logits
 
 
 def cfg_logits(cond_logits, uncond_logits, scale):
@@ -412,9 +433,8 @@ def iterative_decode(predict_logits_fn, tokens, mask, steps=8, scheme='maskgit',
         if cfg_scale != 1.0:
             logits = cfg_logits(logits, predict_logits_fn(tokens, mask, True), cfg_scale)
         logits = logits.float()
-        sampled = sample_logits(logits, temperature, top_k, top_p, generator)[..., 0]  # (B, L)
-        u = torch.rand(sampled.shape, generator=generator, device=sampled.device)
-        gumbel = -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))  # (B, L) standard Gumbel noise
+        sampled = sample_logits_gumbel(logits, temperature, top_k, top_p, generator)  # (B, L)
+        gumbel = gumbel_noise(sampled.shape, generator, sampled.device)  # (B, L) for the choice of positions
         if scheme == 'maskgit':
             log_p = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
             confidence = log_p + choice_temperature * (1.0 - (s + 1) / steps) * gumbel

@@ -94,12 +94,12 @@ def generate_image_tokens(model, labels, meta, steps=8, scheme='maskgit', schedu
     return (out[0], out[2]) if return_history else out[0]
 
 
-def history_strip(dataset, meta, history, rows):
-    """Decoding history -> images (rows * steps, H, W, C): each sample's grid after every step, still-masked
-    tokens painted grey. Rows = samples, columns = steps."""
+def history_strip(dataset, meta, history, picks):
+    """Decoding history -> images (len(picks) * steps, H, W, C): the picked samples' grids after every step,
+    still-masked tokens painted grey. Rows = samples, columns = steps."""
     gh, gw = meta['grid']
     frames = []
-    for r in range(rows):
+    for r in picks:
         for tokens, mask in history:
             img = decode_image_tokens(dataset, tokens[r:r + 1].masked_fill(mask[r:r + 1], 0))[0].copy()
             ph, pw = img.shape[0] // gh, img.shape[1] // gw
@@ -125,7 +125,7 @@ def sample_images(model, dataset, meta, device_name, generator):
     print(f"{len(labels)} images ({what}, cfg_scale {cfg_scale}) in {dt:.2f}s -> {path} "
           f"(rows: {', '.join(meta.get('classes', map(str, range(num_classes))))})")
     if return_history and history:
-        strip = history_strip(dataset, meta, history, rows=num_classes)
+        strip = history_strip(dataset, meta, history, picks=range(0, len(labels), num_samples))  # one per class
         hpath = path.replace('.png', '_history.png')
         save_image_grid(hpath, np.stack(strip), per_row=len(history))
         print(f"decoding history ({len(history)} steps per row) -> {hpath}")

@@ -1,5 +1,8 @@
 # MaskGIT on Fashion-MNIST token grids (7x7, 512 codes, class-conditional), on a CPU: 4 layers, 4 heads, 128 wide.
-# COST/RESULT: filled in from the final measured run (see the bottom of this file's history / README).
+# 0.93M parameters, 1500 iterations of batch 64 (96k grids, 1.7 epochs). Measured: ~0.25 s/iter on one thread
+# (~6-7 min alone); our recorded run took 24 min because both CPU configs trained at once on 2 cores shared with
+# other jobs (load ~10). Reached val loss 3.31 (masked tokens, label smoothing 0.1), masked accuracy 40%; eval.py: class fidelity
+# 90.7% at T=8 with CFG 2 (75.3% without), Frechet distance in classifier features 11.8.
 #   python prepare.py fashion_mnist && python train.py config/fashion_mnist_maskgit_cpu.py
 #   python sample.py --out_dir=out-fashion-mnist-maskgit-cpu --mode=maskgit
 out_dir = 'out-fashion-mnist-maskgit-cpu'
