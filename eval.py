@@ -214,7 +214,15 @@ def table():
 def speed():
     """Latency at batch 1 and throughput at a large batch: MaskGIT T=8 vs AR with a KV cache, on the dataset's
     grid (trained models) and on a speed_grid x speed_grid grid (the same shapes, random weights: speed does
-    not depend on the weights)."""
+    not depend on the weights).
+
+    What to expect: MaskGIT T=8 runs 8 passes over all L tokens (8L token-passes), AR with a KV cache runs L
+    passes over one token (L token-passes, plus attention over the cache). At batch 1 each AR step is latency
+    bound (a few dozen small kernels per layer, ~1.5 ms on a CPU core whatever the work), so 8 steps beat L
+    steps; at a large batch both are compute bound and AR's 8x fewer FLOPs win. On a CPU the 257-token pass is
+    itself compute bound (~17 ms for the 4x128 model on one core), which caps MaskGIT's batch-1 advantage at
+    ~2x on the 16x16 grid; on a GPU a 257-token pass costs about what a 1-token pass does, and the ratio heads
+    for L / T = 32x."""
     from sample import generate_image_tokens, load_model
     from model import ModelConfig, build_model
     meta = load_meta(dataset)
