@@ -2,7 +2,7 @@
 # 0.93M parameters, 1500 iterations of batch 64 (96k grids, 1.7 epochs). Measured: ~0.25 s/iter on one thread
 # (~6-7 min alone); our recorded run took 24 min because both CPU configs trained at once on 2 cores shared with
 # other jobs (load ~10). Reached val loss 1.93; eval.py: class fidelity 94.0% with CFG 2 (78.0% without), Frechet distance
-# in classifier features 8.1.
+# in classifier features 8.1 (assets/fashion_mnist_eval.md).
 #   python prepare.py fashion_mnist && python train.py config/fashion_mnist_gpt_cpu.py
 #   python sample.py --out_dir=out-fashion-mnist-gpt-cpu --mode=ar
 out_dir = 'out-fashion-mnist-gpt-cpu'
