@@ -1,7 +1,8 @@
 """
 nano4M model definitions, in one file: shared Transformer building blocks, then the model families
 behind `ModelConfig.model_type`:
-  'gpt'  causal decoder over a token sequence (text, or image tokens in raster order)
+  'gpt'      causal decoder over a token sequence (text, or image tokens in raster order after a class token)
+  'maskgit'  bidirectional Transformer over an image's token grid: predicts masked tokens; decoded iteratively
 This file imports nothing of ours (pure torch), so it can be read on its own.
 """
 import math
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 @dataclass
 class ModelConfig:
-    model_type: str = 'gpt'     # 'gpt'
+    model_type: str = 'gpt'     # 'gpt' | 'maskgit'
     block_size: int = 1024      # longest sequence the positions cover
     vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64 for speed
     n_layer: int = 12
@@ -24,6 +25,16 @@ class ModelConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True           # bias in Linears and LayerNorms; False is a bit better and faster
+    # maskgit (0 = taken from the dataset's meta.json through data.model_args)
+    codebook_size: int = 0      # image token ids are 0..codebook_size-1; the mask token is id codebook_size
+    grid_h: int = 0             # the token grid, h x w; positions are 2-D
+    grid_w: int = 0
+    cond_vocab_size: int = 0    # conditioning ids, e.g. class labels; id cond_vocab_size means 'no condition'
+    cond_len: int = 0           # conditioning tokens in front of the grid (1 for a class label, 0: none)
+    image_pos: str = 'learned'  # 'learned' | 'sincos' (fixed 2-D sin-cos)
+    mask_schedule: str = 'cosine'  # training mask ratio: 'cosine' | 'linear' | 'uniform' (count in [1, L])
+    cond_drop: float = 0.1      # training: the condition becomes 'no condition' with this probability (for CFG)
+    label_smoothing: float = 0.0
 
     @classmethod
     def from_dict(cls, d):
@@ -248,12 +259,107 @@ class GPT(nn.Module):
         return idx
 
 # -----------------------------------------------------------------------------
+# MaskGIT: bidirectional Transformer over a token grid
+
+def sincos_2d(grid_h, grid_w, dim):
+    """Fixed 2-D sin-cos positions (grid_h * grid_w, dim): half the channels encode the row, half the column,
+    each as sin/cos pairs at geometrically spaced frequencies (as in ViT-MAE and 4M)."""
+    assert dim % 4 == 0, "sincos positions need n_embd divisible by 4"
+    freqs = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4)))
+
+    def encode(pos):  # (N,) -> (N, dim // 2)
+        angles = pos[:, None].float() * freqs[None, :]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)  # raster order
+    cols = torch.arange(grid_w).repeat(grid_h)
+    return torch.cat([encode(rows), encode(cols)], dim=1)
+
+
+class MaskGIT(nn.Module):
+    """Tokens where `mask` is True are replaced by a learned mask embedding (id codebook_size, outside the
+    codebook, so it can never collide with an image token and the head can never predict it); an optional
+    conditioning prefix (class label, caption tokens) goes in front; the same Blocks as GPT run without a
+    causal mask; the head predicts codebook ids at the grid positions, and the loss counts masked ones only."""
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.codebook_size > 0 and config.grid_h > 0 and config.grid_w > 0, \
+            "maskgit needs codebook_size and the grid (an image dataset sets them)"
+        self.config = config
+        self.num_tokens = config.grid_h * config.grid_w
+        self.mask_id = config.codebook_size
+        self.tok_emb = nn.Embedding(config.codebook_size + 1, config.n_embd)  # + the mask token
+        if config.image_pos == 'learned':
+            self.pos_emb = nn.Embedding(self.num_tokens, config.n_embd)
+        elif config.image_pos == 'sincos':
+            self.register_buffer('pos_sincos', sincos_2d(config.grid_h, config.grid_w, config.n_embd), persistent=False)
+        else:
+            raise ValueError(f"unknown image_pos {config.image_pos!r}: choose 'learned' or 'sincos'")
+        if config.cond_len > 0:
+            self.cond_emb = nn.Embedding(config.cond_vocab_size + 1, config.n_embd)  # + 'no condition'
+            self.cond_pos = nn.Embedding(config.cond_len, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.norm_f = LayerNorm(config.n_embd, config.bias)
+        self.head = nn.Linear(config.n_embd, config.codebook_size, bias=False)
+        init_weights(self, config.n_layer)
+
+    def forward(self, tokens, mask, cond=None, compute_loss=True):
+        """tokens (B, L) image token ids (what sits at masked positions is ignored), mask (B, L) bool, True =
+        hidden from the model and predicted; cond (B, cond_len) ids or None. Returns (logits (B, L, K), loss
+        over masked positions only, metrics)."""
+        B, L = tokens.shape
+        c = self.config
+        ids = torch.where(mask, torch.full_like(tokens, self.mask_id), tokens)  # the model never sees masked truth
+        pos = self.pos_emb.weight if c.image_pos == 'learned' else self.pos_sincos
+        x = self.tok_emb(ids) + pos[:L]  # (B, L, C)
+        if c.cond_len > 0:
+            if cond is None:  # unconditional: every conditioning slot holds 'no condition'
+                cond = torch.full((B, c.cond_len), c.cond_vocab_size, dtype=torch.long, device=tokens.device)
+            prefix = self.cond_emb(cond) + self.cond_pos.weight  # (B, cond_len, C)
+            x = torch.cat([prefix, x], dim=1)  # (B, cond_len + L, C)
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, causal=False)
+        logits = self.head(self.norm_f(x[:, c.cond_len:]))  # (B, L, K): grid positions only
+        if not compute_loss:
+            return logits, None, {}
+        # loss on masked positions only: visible tokens are copied from the input, predicting them is free
+        masked_logits, masked_targets = logits[mask], tokens[mask]  # (M, K), (M,)
+        loss = F.cross_entropy(masked_logits.float(), masked_targets, label_smoothing=c.label_smoothing)
+        accuracy = (masked_logits.argmax(-1) == masked_targets).float().mean()
+        return logits, loss, {'masked_acc': accuracy.detach()}
+
+# -----------------------------------------------------------------------------
 # helpers shared by every family
 
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """logits (..., V) -> sampled ids (..., 1). temperature 0 is greedy (argmax)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
+    flat = probs.reshape(-1, probs.size(-1))
+    return torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+
+
+def gumbel_noise(shape, generator=None, device=None):
+    """Standard Gumbel noise -log(-log(u)), u ~ U(0, 1), kept finite at both ends."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
+
+
+def sample_logits_gumbel(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Same distribution as sample_logits, drawn as argmax(filtered logits + Gumbel noise) (the Gumbel-max
+    trick): one elementwise pass instead of torch.multinomial, which is slow on CPU for many rows at once
+    (every grid position of every image in a MaskGIT step). Returns ids (...,), without the trailing 1."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits, temperature, top_k, top_p)
+    return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+
+
+def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
+    """Temperature, then top-k, then top-p (nucleus): logits (..., V) -> logits with dropped ids at -inf."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., [-1]]
@@ -265,9 +371,109 @@ def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=Non
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float('-inf'))
-    probs = logits.softmax(dim=-1)
-    flat = probs.reshape(-1, probs.size(-1))
-    return torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+    return logits
+
+
+def cfg_logits(cond_logits, uncond_logits, scale):
+    """Classifier-free guidance: uncond + scale * (cond - uncond), written as cond + (scale - 1) * (cond - uncond)
+    so that scale 1 returns the conditional logits bit for bit (no guidance), scale 0 the unconditional ones,
+    and scale > 1 pushes away from the unconditional prediction."""
+    if scale == 1.0:
+        return cond_logits
+    return cond_logits + (scale - 1.0) * (cond_logits - uncond_logits)
+
+
+def masking_schedule(name, t):
+    """Share of a grid's tokens still masked at decoding progress t in [0, 1] (1 at t = 0, 0 at t = 1).
+    'cosine' is MaskGIT's cos(pi/2 t): few tokens early, when the model knows least, many late. 'linear' is
+    1 - t, i.e. the same number every step (the course reference's constant schedule, and what a model trained
+    with a uniform mask count expects)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if name == 'cosine':
+        return torch.cos(0.5 * math.pi * t)
+    if name in ('linear', 'uniform'):
+        return 1.0 - t
+    raise ValueError(f"unknown masking schedule {name!r}: choose cosine, linear or uniform")
+
+
+def reveal_counts(num_masked, steps, schedule='cosine'):
+    """num_masked (B,) unknown tokens per sample -> (steps, B) how many each step reveals: after step s,
+    floor(num_masked * schedule((s + 1) / steps)) stay masked, at least one is revealed per step (while any
+    remain), and the last step reveals the rest, so each column sums to num_masked."""
+    num_masked = torch.as_tensor(num_masked, dtype=torch.long)
+    remaining, counts = num_masked.clone(), []
+    for s in range(steps):
+        keep = torch.floor(num_masked.double() * masking_schedule(schedule, (s + 1) / steps)).long()
+        keep = torch.minimum(keep, (remaining - 1).clamp(min=0)) if s < steps - 1 else torch.zeros_like(keep)
+        counts.append(remaining - keep)
+        remaining = keep
+    return torch.stack(counts)
+
+
+@torch.no_grad()
+def iterative_decode(predict_logits_fn, tokens, mask, steps=8, scheme='maskgit', schedule='cosine',
+                     temperature=1.0, top_k=None, top_p=None, choice_temperature=4.5, cfg_scale=1.0,
+                     generator=None, return_history=False):
+    """Fill the masked positions of tokens (B, L) in `steps` parallel steps (MaskGIT, Chang et al. 2022).
+
+    Each step predicts every position, samples a token at every masked one (temperature, top-k, top-p),
+    and keeps the k most confident of them, k from `reveal_counts`:
+      'maskgit'  confidence = log p(sampled token) + choice_temperature * (1 - (s + 1) / steps) * Gumbel noise,
+                 so the choice starts out noisy (diverse) and becomes greedy by the last step
+      'roar'     a random order: confidence is the Gumbel noise alone (what 4M's ROAR decoding does)
+    predict_logits_fn(tokens, mask, cond_dropped) -> logits (B, L, V) for every position; with cfg_scale != 1
+    it is called a second time with cond_dropped=True and the two are mixed by cfg_logits.
+    Returns tokens with no position left masked (and the mask all False); with return_history, also a list
+    of (tokens, mask) after every step, for a picture of the decoding process."""
+    tokens, mask = tokens.clone(), mask.clone()
+    counts = reveal_counts(mask.sum(dim=1).cpu(), steps, schedule).to(tokens.device)  # (steps, B)
+    history = []
+    for s in range(steps):
+        logits = predict_logits_fn(tokens, mask, False)
+        if cfg_scale != 1.0:
+            logits = cfg_logits(logits, predict_logits_fn(tokens, mask, True), cfg_scale)
+        logits = logits.float()
+        sampled = sample_logits_gumbel(logits, temperature, top_k, top_p, generator)  # (B, L)
+        gumbel = gumbel_noise(sampled.shape, generator, sampled.device)  # (B, L) for the choice of positions
+        if scheme == 'maskgit':
+            log_p = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
+            confidence = log_p + choice_temperature * (1.0 - (s + 1) / steps) * gumbel
+        elif scheme == 'roar':
+            confidence = gumbel
+        else:
+            raise ValueError(f"unknown decoding scheme {scheme!r}: choose 'maskgit' or 'roar'")
+        confidence = confidence.masked_fill(~mask, float('-inf'))  # only masked positions can be revealed
+        rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
+        reveal = (rank < counts[s][:, None]) & mask
+        tokens = torch.where(reveal, sampled, tokens)
+        mask = mask & ~reveal
+        if return_history:
+            history.append((tokens.clone(), mask.clone()))
+    assert not mask.any(), "decoding left masked tokens"
+    return (tokens, mask, history) if return_history else (tokens, mask)
+
+
+@torch.no_grad()
+def autoregressive_decode(model, prefix, num_tokens, vocab_limit=None, temperature=1.0, top_k=None, top_p=None,
+                          cfg_scale=1.0, uncond_prefix=None, generator=None, kv_cache=True):
+    """Continue prefix (B, P) by num_tokens tokens with a GPT, optionally only among ids < vocab_limit (an image
+    model's codebook: class ids are never sampled) and with classifier-free guidance against uncond_prefix
+    (B, P) (e.g. the 'no class' token): the conditional and unconditional streams run as one batch of 2B
+    through one KV cache. kv_cache=False re-runs the whole sequence every step: the slow reference."""
+    B = prefix.size(0)
+    guided = cfg_scale != 1.0
+    seq = torch.cat([prefix, uncond_prefix]) if guided else prefix  # (B or 2B, P)
+    cache = model.new_kv_cache(seq.size(0), max_len=prefix.size(1) + num_tokens) if kv_cache else None
+    next_input = seq
+    for _ in range(num_tokens):
+        logits, _, _ = model(next_input if kv_cache else seq, kv_cache=cache)
+        logits = logits[:, -1, :vocab_limit].float()  # (B or 2B, V)
+        if guided:
+            logits = cfg_logits(logits[:B], logits[B:], cfg_scale)
+        nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # (B, 1)
+        next_input = torch.cat([nxt, nxt]) if guided else nxt  # both streams continue with the guided token
+        seq = torch.cat([seq, next_input], dim=1)
+    return seq[:B, prefix.size(1):]
 
 
 def num_params(model, non_embedding=True):
@@ -295,7 +501,7 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
-MODEL_FAMILIES = {'gpt': GPT}
+MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT}
 
 
 def build_model(config):

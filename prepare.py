@@ -4,11 +4,14 @@ Builds every dataset nano4M trains on, into data/<name>/ with a meta.json that s
     python prepare.py shakespeare_char   # Tiny Shakespeare, one token per character (vocab 65)
     python prepare.py shakespeare        # the same text in GPT-2 BPE tokens (tiktoken)
     python prepare.py shakespeare_char --input=my_text.txt   # any text file instead
+    python prepare.py fashion_mnist      # 28x28 clothing images -> 7x7 token grids, 10 classes
+    python prepare.py fashion_mnist --input=DIR   # the four IDX .gz files from a local folder
 
 Each dataset comes from its canonical source when the internet is there and from an offline copy when not
 (see README, "Data offline").
 """
 import argparse
+import gzip
 import json
 import os
 import re
@@ -139,17 +142,140 @@ def prepare_shakespeare(args):
     write_token_splits(os.path.join(DATA_ROOT, args.name or 'shakespeare'), ids, meta)
 
 # -----------------------------------------------------------------------------
+# Fashion-MNIST: 28x28 grey images, 10 classes -> 7x7 token grids
+
+FASHION_MNIST_URL = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
+FASHION_MNIST_OFFLINE = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_FILES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+                       'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                         'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
+
+
+def read_idx(blob):
+    """An IDX file (gzipped or not) -> numpy array. Header: 2 zero bytes, a type code (0x08 = uint8), the
+    number of dimensions, then each dimension as a big-endian int32."""
+    if blob[:2] == b'\x1f\x8b':
+        blob = gzip.decompress(blob)
+    if blob[:2] != b'\x00\x00' or blob[2] != 0x08:
+        raise DataError("not a uint8 IDX file")
+    ndim = blob[3]
+    shape = tuple(int.from_bytes(blob[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+    return np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist_file(name, input_dir):
+    """Bytes of one IDX file: from --input, else the canonical URL, else the offline copy."""
+    if input_dir:
+        with open(os.path.join(input_dir, name), 'rb') as f:
+            return f.read()
+    try:
+        r = requests.get(FASHION_MNIST_URL + name, timeout=20)
+        r.raise_for_status()
+        return r.content
+    except requests.RequestException as e:
+        path = os.path.join(FASHION_MNIST_OFFLINE, name)
+        if not os.path.exists(path):
+            raise DataError(f"cannot download {name} ({type(e).__name__}) and there is no offline copy at {path}; "
+                            f"pass --input=DIR with the four IDX files")
+        print(f"download of {name} failed ({type(e).__name__}): using {path}")
+        with open(path, 'rb') as f:
+            return f.read()
+
+
+def patch_kmeans_tokenizer(train_images, patch=4, codebook_size=512, sample=200_000, iters=20, seed=0):
+    """TEMPORARY stand-in for tokenizer.py (branch issue3), so the image families can be built and measured
+    before the learned tokenizer lands: cut images into patch x patch squares and quantise each square to
+    the nearest of `codebook_size` centroids found by k-means (numpy). Decoding is a codebook lookup.
+
+    Returns (encode, tokenizer_meta, files): encode(uint8 (N, H, W)) -> (N, H/patch, W/patch) ids, the
+    tokenizer's meta.json entry, and {file name: array} to save next to the tokens."""
+    rng = np.random.default_rng(seed)
+    patches = to_patches(train_images, patch)  # (N * h * w, patch * patch) in [0, 1]
+    data = patches[rng.choice(len(patches), size=min(sample, len(patches)), replace=False)]
+    codebook = data[rng.choice(len(data), size=codebook_size, replace=False)].copy()
+    for it in range(iters):
+        assign = nearest_code(data, codebook)
+        counts = np.bincount(assign, minlength=codebook_size)
+        sums = np.zeros_like(codebook)
+        np.add.at(sums, assign, data)
+        alive = counts > 0
+        codebook[alive] = sums[alive] / counts[alive, None]
+        # a dead code restarts at a random data patch, so all codes end up used
+        codebook[~alive] = data[rng.choice(len(data), size=int((~alive).sum()), replace=False)]
+    codebook = codebook.astype(np.float32)
+
+    def encode(images):
+        n, h, w = images.shape
+        return nearest_code(to_patches(images, patch), codebook).reshape(n, h // patch, w // patch)
+
+    meta = {'type': 'patch_kmeans', 'patch': patch, 'codebook_size': codebook_size, 'codebook': 'codebook.npy',
+            'note': 'temporary stand-in until tokenizer.py (issue #3) lands'}
+    return encode, meta, {'codebook.npy': codebook}
+
+
+def to_patches(images, patch):
+    """uint8 (N, H, W) -> float32 (N * H/p * W/p, p * p) in [0, 1], patches in raster order per image."""
+    n, h, w = images.shape
+    x = images.reshape(n, h // patch, patch, w // patch, patch).transpose(0, 1, 3, 2, 4)
+    return x.reshape(-1, patch * patch).astype(np.float32) / 255.0
+
+
+def nearest_code(x, codebook, chunk=65536):
+    """Index of the nearest codebook row for every row of x (squared distance, chunked to bound memory)."""
+    c2 = (codebook ** 2).sum(1)
+    out = np.empty(len(x), dtype=np.int64)
+    for i in range(0, len(x), chunk):
+        xb = x[i:i + chunk]
+        out[i:i + chunk] = (c2[None, :] - 2 * xb @ codebook.T).argmin(1)  # |x|^2 is the same for every code
+    return out
+
+
+def image_tokenizer(train_images):
+    """The one place that picks the image tokenizer: swap this line for tokenizer.py's when it lands."""
+    return patch_kmeans_tokenizer(train_images)
+
+
+def prepare_fashion_mnist(args):
+    out_dir = os.path.join(DATA_ROOT, args.name or 'fashion_mnist')
+    os.makedirs(out_dir, exist_ok=True)
+    raw = {split: (read_idx(fashion_mnist_file(img, args.input)), read_idx(fashion_mnist_file(lab, args.input)))
+           for split, (img, lab) in FASHION_MNIST_FILES.items()}
+    # val is the last 5,000 training images (the 10,000 test images stay for the final numbers)
+    images, labels = raw['train']
+    val_size = min(5000, len(images) // 6)  # smaller for the tiny sets tests build
+    splits = {'train': (images[:-val_size], labels[:-val_size]), 'val': (images[-val_size:], labels[-val_size:]),
+              'test': raw['test']}
+    encode, tok_meta, tok_files = image_tokenizer(splits['train'][0])
+    for name, array in tok_files.items():
+        np.save(os.path.join(out_dir, name), array)
+    for split, (images, labels) in splits.items():
+        tokens = encode(images)
+        np.save(os.path.join(out_dir, f'{split}_tokens.npy'), tokens.reshape(len(tokens), -1).astype(np.int16))
+        np.save(os.path.join(out_dir, f'{split}_labels.npy'), labels.astype(np.int64))
+        np.save(os.path.join(out_dir, f'{split}_images.npy'), images)  # raw pixels: classifier and evaluation
+        print(f"{split}: {len(images):,} images -> tokens {tokens.shape[1:]}")
+    grid = list(tokens.shape[1:])
+    used = len(np.unique(np.load(os.path.join(out_dir, 'train_tokens.npy'))))
+    meta = {'kind': 'image', 'grid': grid, 'codebook_size': tok_meta['codebook_size'], 'num_classes': 10,
+            'classes': FASHION_MNIST_CLASSES, 'image_shape': [1, 28, 28], 'tokenizer': tok_meta,
+            'splits': {s: int(len(v[1])) for s, v in splits.items()}}
+    write_json(os.path.join(out_dir, 'meta.json'), meta)
+    print(f"{out_dir}: grid {grid}, {used}/{tok_meta['codebook_size']} codes used")
+
+# -----------------------------------------------------------------------------
 
 DATASETS = {
     'shakespeare_char': prepare_shakespeare_char,
     'shakespeare': prepare_shakespeare,
+    'fashion_mnist': prepare_fashion_mnist,
 }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('dataset', choices=sorted(DATASETS))
-    parser.add_argument('--input', default=None, help='build from this local file instead of the canonical source')
+    parser.add_argument('--input', default=None, help='build from this local file (or folder, for fashion_mnist) instead of the canonical source')
     parser.add_argument('--name', default=None, help='write to data/<name>/ instead of data/<dataset>/')
     args = parser.parse_args(argv)
     try:

@@ -44,7 +44,7 @@ wandb_run_name = 'run'
 dataset = 'shakespeare_char'
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all ranks
 batch_size = 12              # micro-batch size per rank
-block_size = 1024
+block_size = 1024            # image datasets: 0 takes the grid's length from the data
 # model
 model_type = 'gpt'
 n_layer = 12
@@ -183,8 +183,6 @@ def main():
     if master:
         print(json.dumps({**config, 'device': device_name, 'dtype': ptdtype_name, 'world_size': world_size}, indent=None))
         os.makedirs(out_dir, exist_ok=True)
-    tokens_per_iter = grad_accum * world_size * batch_size * block_size
-
     torch.manual_seed(seed + rank)
     if deterministic:
         torch.use_deterministic_algorithms(True)
@@ -197,7 +195,7 @@ def main():
     # -------------------------------------------------------------------------
     # data and model
     try:
-        data = load_data(dataset, model_type, block_size)
+        data = load_data(dataset, model_type, block_size, config)
     except DataError as e:
         sys.exit(f"data error: {e}")
     # every rank draws the global batch from the same stream and keeps its slice (see data.global_draw); the
@@ -232,10 +230,12 @@ def main():
         iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
     elif init_from != 'scratch':
         sys.exit(f"config error: init_from must be 'scratch' or 'resume', not {init_from!r}")
-    if model_args['vocab_size'] < data.model_args['vocab_size']:
+    if model_args['vocab_size'] < data.model_args.get('vocab_size', 0):
         sys.exit(f"config error: vocab_size={model_args['vocab_size']} is smaller than dataset {dataset!r}'s "
                  f"vocabulary ({data.model_args['vocab_size']}); use --vocab_size=0 to take the dataset's")
     model_config = ModelConfig(**model_args)
+    # the sequence length the model sees; image datasets fix it (grid size + conditioning) through model_args
+    tokens_per_iter = grad_accum * world_size * batch_size * model_config.block_size
     model = build_model(model_config)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
@@ -243,7 +243,7 @@ def main():
     if master:
         print(f"{model_type} model: {num_params(model) / 1e6:.2f}M parameters; "
               f"{tokens_per_iter:,} tokens per iteration ({grad_accum} micro-steps x {world_size} ranks x "
-              f"{batch_size} x {block_size})")
+              f"{batch_size} x {model_config.block_size})")
 
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype_name == 'float16'))
     optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type)
@@ -267,7 +267,7 @@ def main():
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-    flops_token = flops_per_token(raw_model, block_size)
+    flops_token = flops_per_token(raw_model, model_config.block_size)
     peak = peak_flops or lookup_peak_flops(device_type, ptdtype_name)
 
     def batch_to_device(batch):
