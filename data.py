@@ -153,6 +153,6 @@ def load_data(dataset, model_type, block_size):
     """The batch maker for a dataset and model family: an object with
     .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
     the model's forward() arguments."""
-    if model_type == 'gpt':
+    if model_type in ('gpt', 'lstm', 'kgram_mlp'):  # the causal families share text windows
         return TextData(dataset, block_size)
     raise DataError(f"no batch maker for model_type {model_type!r}")
