@@ -4,10 +4,14 @@ cache. Figures are printed as ratios measured in the same run, since absolute ti
 
     python bench.py                                    # the CPU recipe's shape, block_size 512
     python bench.py --n_layer=6 --n_head=6 --n_embd=384 --batch_size=64 --train_block_size=256 --compile=True
+    python bench.py --pos=rope --mlp=relu2 --optimizer=muon   # any architecture option (model.py, issue 8)
+
+Time to a target loss for each option: speedrun.py.
 """
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import fields
 
 import torch
 
@@ -34,8 +38,12 @@ dtype = ''
 compile = False
 peak_flops = 0.0
 seed = 1337
+# ...and every other ModelConfig field (the architecture options: --pos=rope --optimizer=muon ...)
 # -----------------------------------------------------------------------------
-_config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+for _f in fields(ModelConfig):
+    globals().setdefault(_f.name, _f.default)
+_config_keys = [k for k, v in globals().items()
+                if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 
 
 def sync(device_name):
@@ -89,8 +97,8 @@ def main():
     ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype_name]
     autocast = nullcontext() if dtype_name == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
     torch.manual_seed(seed)
-    config = ModelConfig(model_type=model_type, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
-                         block_size=max(block_size, train_block_size), vocab_size=vocab_size, dropout=dropout, bias=bias)
+    model_args = {f.name: globals()[f.name] for f in fields(ModelConfig)}
+    config = ModelConfig(**{**model_args, 'block_size': max(block_size, train_block_size)})
     model = build_model(config).to(device_name)
     name = torch.cuda.get_device_name() if device_type == 'cuda' else device_type
     print(f"{model_type} {n_layer}x{n_head}x{n_embd}, {num_params(model) / 1e6:.2f}M params, block_size {config.block_size}, "

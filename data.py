@@ -229,7 +229,7 @@ def load_data(dataset, model_type, block_size, options=None):
     kind = load_meta(dataset).get('kind')
     if kind == 'image' and model_type in ('gpt', 'maskgit'):
         return ImageTokenData(dataset, model_type, options.get('mask_schedule', 'cosine'), options.get('cond_drop', 0.1))
-    if model_type == 'gpt':
+    if model_type in ('gpt', 'lstm', 'kgram_mlp'):  # the causal families share text windows
         return TextData(dataset, block_size)
     raise DataError(f"no batch maker for model_type {model_type!r} on {kind!r} data")
 

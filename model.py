@@ -1,8 +1,10 @@
 """
 nano4M model definitions, in one file: shared Transformer building blocks, then the model families
 behind `ModelConfig.model_type`:
-  'gpt'      causal decoder over a token sequence (text, or image tokens in raster order after a class token)
-  'maskgit'  bidirectional Transformer over an image's token grid: predicts masked tokens; decoded iteratively
+  'gpt'        causal decoder over a token sequence (text, or image tokens in raster order after a class token)
+  'maskgit'    bidirectional Transformer over an image's token grid: predicts masked tokens; decoded iteratively
+  'lstm'       baseline: a stacked LSTM language model
+  'kgram_mlp'  baseline: an MLP over the last k tokens, slid along the sequence
 This file imports nothing of ours (pure torch), so it can be read on its own.
 """
 import math
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 @dataclass
 class ModelConfig:
-    model_type: str = 'gpt'     # 'gpt' | 'maskgit'
+    model_type: str = 'gpt'     # 'gpt' | 'maskgit' | 'lstm' | 'kgram_mlp'
     block_size: int = 1024      # longest sequence the positions cover
     vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64 for speed
     n_layer: int = 12
@@ -25,13 +27,26 @@ class ModelConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True           # bias in Linears and LayerNorms; False is a bit better and faster
+    # architecture options (issue 8); the defaults are the original GPT-2 recipe
+    norm: str = 'layernorm'     # 'layernorm' | 'rmsnorm'
+    norm_placement: str = 'pre' # 'pre' (x + f(norm(x))) | 'post' (norm(x + f(x)), the 2017 Transformer)
+    mlp: str = 'gelu'           # 'gelu' | 'swiglu' (hidden 8/3·C, so parameters match) | 'relu2' (relu(x)²)
+    pos: str = 'learned'        # 'learned' | 'sincos' (fixed) | 'rope' (rotary; 2-D axial on image grids) | 'none'
+    rope_base: float = 10000.0  # RoPE frequency base
+    qk_norm: bool = False       # RMS-normalise queries and keys per head before the dot product
+    logit_softcap: float = None # None, or c: logits = c·tanh(logits / c)
+    zero_init: bool = False     # zero-init the residual output projections (attention out, MLP out)
+    attention: str = 'sdpa'     # 'sdpa' (softmax) | 'linear' (gated linear attention, causal families only)
+    kgram_k: int = 3            # context length of the kgram_mlp baseline
+    optimizer: str = 'adamw'    # 'adamw' | 'muon' (Muon on 2-D hidden weights, AdamW on the rest)
+    muon_lr: float = 0.02       # Muon's peak learning rate; train.py's schedule scales it like learning_rate
+    muon_momentum: float = 0.95
     # maskgit (0 = taken from the dataset's meta.json through data.model_args)
     codebook_size: int = 0      # image token ids are 0..codebook_size-1; the mask token is id codebook_size
     grid_h: int = 0             # the token grid, h x w; positions are 2-D
     grid_w: int = 0
     cond_vocab_size: int = 0    # conditioning ids, e.g. class labels; id cond_vocab_size means 'no condition'
     cond_len: int = 0           # conditioning tokens in front of the grid (1 for a class label, 0: none)
-    image_pos: str = 'learned'  # 'learned' | 'sincos' (fixed 2-D sin-cos)
     mask_schedule: str = 'cosine'  # training mask ratio: 'cosine' | 'linear' | 'uniform' (count in [1, L])
     cond_drop: float = 0.1      # training: the condition becomes 'no condition' with this probability (for CFG)
     label_smoothing: float = 0.0
@@ -52,19 +67,31 @@ class ModelConfig:
 # building blocks
 
 class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 and we keep it explicit)."""
+    """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1 and we keep it explicit).
+    With kind='rmsnorm' it only rescales by the root mean square (no centring, no bias): cheaper, and what
+    most recent LLMs use."""
 
-    def __init__(self, ndim, bias):
+    def __init__(self, ndim, bias, kind='layernorm'):
         super().__init__()
+        assert kind in ('layernorm', 'rmsnorm'), f"unknown norm {kind!r}: use 'layernorm' or 'rmsnorm'"
+        self.kind = kind
         self.weight = nn.Parameter(torch.ones(ndim))
-        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias and kind == 'layernorm' else None
 
     def forward(self, x):
+        if self.kind == 'rmsnorm':
+            return F.rms_norm(x, self.weight.shape, self.weight, 1e-5)
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+def Norm(config):
+    """The norm the config asks for, over n_embd: every family builds its norms through this."""
+    return LayerNorm(config.n_embd, config.bias, config.norm)
+
+
 class KVCache:
-    """Inference state for one forward stream: per layer, the keys and values seen so far.
+    """Inference state for one forward stream: per layer, the keys and values seen so far, plus `state`, a
+    dict for layers whose memory is a fixed-size summary instead (linear attention, LSTM, k-gram window).
 
     Kept outside the modules so the model maths stays stateless; generation creates one, passes it
     down, and throws it away. Buffers are preallocated to `max_len` so appending is a copy, not a cat."""
@@ -75,6 +102,12 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.max_len = max_len
         self.length = 0  # tokens already cached (the same for every layer once a forward finishes)
+        self.state = {}  # recurrent layers: layer -> their summary of the past
+
+    def reset(self):
+        """Forget everything (keys past `length` are never read, so only the recurrent state is cleared)."""
+        self.length = 0
+        self.state = {}
 
     def append(self, layer, k, v):
         """Store k, v (B, nh, T, hs) after what is cached for `layer`; return all cached keys and values."""
@@ -84,13 +117,61 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+# positions: fixed sin-cos tables, and rotary embeddings (RoPE) that attention applies to queries and keys
+
+def sincos_1d(positions, dim, base=10000.0):
+    """Fixed sinusoidal embeddings (Vaswani et al.): positions (T,) -> (T, dim)."""
+    freqs = base ** (-torch.arange(0, dim // 2, device=positions.device, dtype=torch.float32) / (dim // 2))
+    angles = positions.float()[:, None] * freqs[None, :]  # (T, dim/2)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def sincos_2d(rows, cols, dim, base=10000.0):
+    """2-D sin-cos for image grids: half the channels encode the row, half the column. rows, cols (N,) -> (N, dim)."""
+    return torch.cat([sincos_1d(rows, dim // 2, base), sincos_1d(cols, dim // 2, base)], dim=-1)
+
+
+def rope_1d(positions, head_dim, base=10000.0):
+    """Rotary angles for positions (..., T) -> (cos, sin), each (..., T, head_dim/2). Channel pair i is
+    (x[i], x[i + head_dim/2]) and turns by position · base^(-2i/head_dim)."""
+    freqs = base ** (-torch.arange(0, head_dim // 2, device=positions.device, dtype=torch.float32) / (head_dim // 2))
+    angles = positions.float()[..., None] * freqs  # (..., T, hs/2)
+    return angles.cos(), angles.sin()
+
+
+def rope_2d(rows, cols, head_dim, base=10000.0):
+    """Axial RoPE for image grids: the first half of the channel pairs turn with the row, the second half with
+    the column, so scores depend only on the (row, col) offset. rows, cols (..., N) -> (cos, sin) (..., N, hs/2)."""
+    cos_r, sin_r = rope_1d(rows, head_dim // 2, base)
+    cos_c, sin_c = rope_1d(cols, head_dim // 2, base)
+    return torch.cat([cos_r, cos_c], dim=-1), torch.cat([sin_r, sin_c], dim=-1)
+
+
+def apply_rope(x, rope):
+    """Rotate x (B, nh, T, hs) by rope = (cos, sin), each (T, hs/2) or (B, T, hs/2)."""
+    cos, sin = rope
+    if cos.dim() == 3:  # per-sample positions: broadcast over heads
+        cos, sin = cos[:, None], sin[:, None]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return rotated.type_as(x)
+
+
+def softcap(logits, cap):
+    """Smoothly bound logits to (-cap, cap) (Gemma 2, modded-nanogpt); None leaves them alone."""
+    return logits if cap is None else cap * torch.tanh(logits / cap)
+
 
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (flash / memory-efficient kernels).
 
     Self-attention uses one fused QKV projection; cross-attention (context given) projects queries from x
     and keys/values from the context. Masking is either causal or an explicit boolean mask
-    (True = may attend), which is what the bidirectional and encoder-decoder families need."""
+    (True = may attend), which is what the bidirectional and encoder-decoder families need.
+
+    Options: `rope` = (cos, sin) rotates queries and keys (cross-attention: `context_rope` rotates the keys);
+    config.qk_norm RMS-normalises them per head; config.attention='linear' swaps softmax for gated linear
+    attention (causal self-attention only, see linear_attention)."""
 
     def __init__(self, config, cross=False):
         super().__init__()
@@ -103,7 +184,16 @@ class Attention(nn.Module):
         else:
             self.qkv_proj = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.out_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.out_proj.residual = True  # scaled init, see GPT._init_weights
+        self.out_proj.residual = True  # scaled init, see init_weights
+        self.out_proj.zero_init = config.zero_init
+        self.qk_norm = config.qk_norm
+        assert config.attention in ('sdpa', 'linear'), f"unknown attention {config.attention!r}: 'sdpa' or 'linear'"
+        self.linear = config.attention == 'linear' and not cross
+        if self.linear:
+            # per head, a data-dependent forget gate in (0, 1); the bias starts each head at its own time scale
+            # (sigmoid(1..5): memories of ~4 to ~150 tokens), as RetNet's fixed multi-scale decays do
+            self.gate_proj = nn.Linear(config.n_embd, config.n_head, bias=False)
+            self.gate_bias = nn.Parameter(torch.linspace(1.0, 5.0, config.n_head))
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
@@ -111,7 +201,7 @@ class Attention(nn.Module):
         B, T, C = t.shape
         return t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, context=None, causal=False, mask=None, kv_cache=None, layer=0):
+    def forward(self, x, context=None, causal=False, mask=None, kv_cache=None, layer=0, rope=None, context_rope=None):
         B, T, C = x.shape
         if self.cross:
             q = self.q_proj(x)
@@ -119,59 +209,135 @@ class Attention(nn.Module):
         else:
             q, k, v = self.qkv_proj(x).split(C, dim=2)
         q, k, v = self._heads(q), self._heads(k), self._heads(v)
-        if kv_cache is not None:
-            past = kv_cache.length
-            k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
-            if causal and T > 1:
-                # new queries sit at positions past..past+T-1 and see every cached key up to their own
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            causal = False  # a single new query may see the whole cache
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.qk_norm:  # bounds the attention logits, so higher learning rates stay stable
+            q, k = F.rms_norm(q, (self.head_dim,)), F.rms_norm(k, (self.head_dim,))
+        if rope is not None:  # rotate before caching: every cached key keeps the rotation of its own position
+            q = apply_rope(q, rope)
+            k = apply_rope(k, context_rope if self.cross else rope)
+        elif context_rope is not None:
+            k = apply_rope(k, context_rope)
+        if self.linear:
+            assert causal and mask is None, "linear attention is causal only (gpt family)"
+            log_gate = F.logsigmoid(self.gate_proj(x) + self.gate_bias).transpose(1, 2)  # (B, nh, T)
+            y = linear_attention(q, k, v, log_gate, kv_cache, layer)
+        else:
+            if kv_cache is not None:
+                past = kv_cache.length
+                k, v = kv_cache.append(layer, k, v)  # (B, nh, past + T, hs)
+                if causal and T > 1:
+                    # new queries sit at positions past..past+T-1 and see every cached key up to their own
+                    mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                causal = False  # a single new query may see the whole cache
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
         return self.resid_dropout(self.out_proj(y))
 
 
+def linear_attention(q, k, v, log_gate, kv_cache=None, layer=0):
+    """Gated linear attention with a scalar forget gate per head and step (the recurrence of GLA / Mamba-2,
+    simplified). As a recurrence over a (hs, hs) state S per head:
+
+        S_t = g_t · S_{t-1} + k_t v_tᵀ,      y_t = q_t S_t / sqrt(hs)
+
+    Training uses the equivalent parallel form, y = ((q kᵀ / sqrt(hs)) ⊙ D) v with D[t, s] = g_{s+1}···g_t for
+    s <= t: quadratic in T like softmax attention, but exact, and fine at our context lengths. With a cache,
+    the state S carried from earlier tokens adds (g_1···g_t) · q_t S_0 and is updated for the next call, so
+    decoding costs O(1) per token. The output is RMS-normalised per head (as GLA and RetNet do) since, without
+    a softmax, its scale drifts with the sequence length.
+    q, k, v (B, nh, T, hs); log_gate (B, nh, T) = log g."""
+    B, nh, T, hs = q.shape
+    q, k, v = q.float() / math.sqrt(hs), k.float(), v.float()
+    cum = log_gate.float().cumsum(dim=-1)  # (B, nh, T): log(g_1···g_t) within this call
+    decay = cum[..., :, None] - cum[..., None, :]  # (B, nh, T, T): log(g_{s+1}···g_t)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    decay = torch.exp(decay.masked_fill(~causal, float('-inf')))
+    y = ((q @ k.transpose(-2, -1)) * decay) @ v  # (B, nh, T, hs)
+    if kv_cache is not None:
+        state = kv_cache.state.get(layer)
+        if state is not None:
+            y = y + torch.exp(cum)[..., None] * (q @ state)
+        # S_T = (g_1···g_T) S_0 + sum_s (g_{s+1}···g_T) k_s v_sᵀ
+        new_state = (k * torch.exp(cum[..., -1:] - cum)[..., None]).transpose(-2, -1) @ v  # (B, nh, hs, hs)
+        if state is not None:
+            new_state = new_state + torch.exp(cum[..., -1])[..., None, None] * state
+        kv_cache.state[layer] = new_state
+    return F.rms_norm(y, (hs,)).type_as(log_gate)
+
+
 class MLP(nn.Module):
+    """Position-wise feed-forward: config.mlp picks GELU (GPT-2), SwiGLU (PaLM, LLaMA; hidden 8/3·C so its three
+    matrices hold as many parameters as GELU's two 4·C ones) or ReLU² (Primer, modded-nanogpt)."""
 
     def __init__(self, config):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        assert config.mlp in ('gelu', 'swiglu', 'relu2'), f"unknown mlp {config.mlp!r}: 'gelu', 'swiglu' or 'relu2'"
+        self.kind = config.mlp
+        if self.kind == 'swiglu':
+            hidden = 8 * ((8 * config.n_embd // 3 + 7) // 8)  # 8/3·C rounded up to a multiple of 8
+            self.fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # gate and value, fused
+        else:
+            hidden = 4 * config.n_embd
+            self.fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.proj.residual = True
+        self.proj.zero_init = config.zero_init
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        if self.kind == 'swiglu':
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.kind == 'relu2':
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.proj(h))
 
 
 class Block(nn.Module):
-    """Pre-norm Transformer block: self-attention, optional cross-attention, MLP, each residual."""
+    """Transformer block: self-attention, optional cross-attention, MLP, each residual. Pre-norm by default
+    (x + f(norm(x))); config.norm_placement='post' normalises after each residual sum instead (norm(x + f(x)))."""
 
     def __init__(self, config, cross=False):
         super().__init__()
-        self.norm1 = LayerNorm(config.n_embd, config.bias)
+        assert config.norm_placement in ('pre', 'post'), f"unknown norm_placement {config.norm_placement!r}"
+        self.post_norm = config.norm_placement == 'post'
+        self.norm1 = Norm(config)
         self.attn = Attention(config)
         if cross:
-            self.norm_cross = LayerNorm(config.n_embd, config.bias)
+            self.norm_cross = Norm(config)
             self.cross_attn = Attention(config, cross=True)
-        self.norm2 = LayerNorm(config.n_embd, config.bias)
+        self.norm2 = Norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, causal=False, mask=None, context=None, context_mask=None, kv_cache=None, layer=0):
-        x = x + self.attn(self.norm1(x), causal=causal, mask=mask, kv_cache=kv_cache, layer=layer)
+    def forward(self, x, causal=False, mask=None, context=None, context_mask=None, kv_cache=None, layer=0,
+                rope=None, context_rope=None):
+        if self.post_norm:
+            x = self.norm1(x + self.attn(x, causal=causal, mask=mask, kv_cache=kv_cache, layer=layer, rope=rope))
+            if context is not None:
+                x = self.norm_cross(x + self.cross_attn(x, context=context, mask=context_mask, rope=rope,
+                                                        context_rope=context_rope))
+            return self.norm2(x + self.mlp(x))
+        x = x + self.attn(self.norm1(x), causal=causal, mask=mask, kv_cache=kv_cache, layer=layer, rope=rope)
         if context is not None:
-            x = x + self.cross_attn(self.norm_cross(x), context=context, mask=context_mask)
+            x = x + self.cross_attn(self.norm_cross(x), context=context, mask=context_mask, rope=rope,
+                                    context_rope=context_rope)
         x = x + self.mlp(self.norm2(x))
         return x
 
 
 def init_weights(module, n_layer):
-    """GPT-2 init: normal(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer)."""
+    """GPT-2 init: normal(0, 0.02), residual projections scaled by 1/sqrt(2 * n_layer), or zero where a
+    projection asks for it (config.zero_init: every block then starts as the identity, as in modded-nanogpt)."""
     for name, m in module.named_modules():
         if isinstance(m, nn.Linear):
             std = 0.02 / math.sqrt(2 * n_layer) if getattr(m, 'residual', False) else 0.02
-            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if getattr(m, 'zero_init', False):
+                nn.init.zeros_(m.weight)
+            else:
+                nn.init.normal_(m.weight, mean=0.0, std=std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
@@ -184,12 +350,17 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        assert config.pos in ('learned', 'sincos', 'rope', 'none'), f"unknown pos {config.pos!r}"
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        if config.pos == 'learned':
+            self.pos_emb = nn.Embedding(config.block_size, config.n_embd)
+        elif config.pos == 'sincos':  # a fixed table, rebuilt rather than saved
+            self.register_buffer('pos_table', sincos_1d(torch.arange(config.block_size), config.n_embd),
+                                 persistent=False)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm_f = LayerNorm(config.n_embd, config.bias)
+        self.norm_f = Norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tok_emb.weight = self.lm_head.weight  # weight tying
         init_weights(self, config.n_layer)
@@ -198,82 +369,120 @@ class GPT(nn.Module):
         """idx (B, T) token ids; targets (B, T) or None. Returns (logits, loss, metrics).
 
         Without targets only the last position's logits are computed (all that sampling needs)."""
+        c = self.config
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of length {start + T} is longer than block_size {self.config.block_size}")
+        if start + T > c.block_size:
+            raise ValueError(f"sequence of length {start + T} is longer than block_size {c.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if c.pos == 'learned':
+            x = x + self.pos_emb(pos)
+        elif c.pos == 'sincos':
+            x = x + self.pos_table[pos]
+        rope = rope_1d(pos, c.n_embd // c.n_head, c.rope_base) if c.pos == 'rope' else None  # (T, hs/2) each
+        x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, causal=True, kv_cache=kv_cache, layer=i)
+            x = block(x, causal=True, kv_cache=kv_cache, layer=i, rope=rope)
         if kv_cache is not None:
             kv_cache.length += T
-        x = self.norm_f(x)
-        if targets is None:
-            return self.lm_head(x[:, [-1], :]), None, {}  # (B, 1, V)
-        logits = self.lm_head(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss, {}
+        return next_token_outputs(self, self.norm_f(x), targets)
 
     def crop_block_size(self, block_size):
         """Shrink the context, e.g. to fine-tune a checkpoint at a smaller block_size."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.pos_emb.weight = nn.Parameter(self.pos_emb.weight[:block_size])
+        if self.config.pos == 'learned':
+            self.pos_emb.weight = nn.Parameter(self.pos_emb.weight[:block_size])
 
     def new_kv_cache(self, batch_size, max_len=None):
         c, p = self.config, next(self.parameters())
         return KVCache(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, max_len or c.block_size,
                        p.device, p.dtype)
 
-    @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                 kv_cache=True, generator=None):
-        """Continue idx (B, T) by max_new_tokens tokens. With kv_cache=False every step re-runs the whole
-        (cropped) context: the slow, obviously correct reference the cached path is tested against.
+    def generate(self, idx, max_new_tokens, **kwargs):
+        return generate_causal(self, idx, max_new_tokens, **kwargs)
 
-        Past block_size: the uncached path conditions on the last block_size tokens at every step. Learned
-        absolute positions cannot slide inside a cache, so the cached path, when its cache is full,
-        re-prefills the last block_size // 2 tokens and goes on; that costs one prefill per block_size // 2
-        new tokens and keeps every cached key at the position it was computed for."""
-        block_size = self.config.block_size
-        cache = self.new_kv_cache(idx.size(0)) if kv_cache else None
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        next_input = None
-        for _ in range(max_new_tokens):
-            if cache is None:
-                logits, _, _ = self(idx[:, -block_size:])
-            else:
-                if next_input is None or cache.length + 1 > block_size:
-                    cache.length = 0  # (re-)prefill
-                    next_input = idx[:, -(block_size // 2 if next_input is not None else block_size):]
-                logits, _, _ = self(next_input, kv_cache=cache)
-            idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-            if stop_token is not None:
-                idx_next = torch.where(done[:, None], torch.full_like(idx_next, stop_token), idx_next)
-                done |= idx_next[:, 0] == stop_token
-            idx = torch.cat((idx, idx_next), dim=1)
-            next_input = idx_next
-            if stop_token is not None and done.all():
-                break
-        return idx
+# -----------------------------------------------------------------------------
+# baselines for the causal stage (the classic course models): same batches, same loss, same generation
+
+class LSTM(nn.Module):
+    """Token embedding -> n_layer stacked LSTMs of width n_embd -> final norm -> tied output head. No positions:
+    the recurrence knows the order. With a cache, the (h, c) state carries the past from call to call."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(config.n_embd, config.n_embd, num_layers=config.n_layer, batch_first=True,
+                            dropout=config.dropout if config.n_layer > 1 else 0.0)
+        self.norm_f = Norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tok_emb.weight = self.lm_head.weight
+        init_weights(self, config.n_layer)  # embeddings and head; the LSTM keeps PyTorch's uniform init
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        state = kv_cache.state.get('lstm') if kv_cache is not None else None  # ((L, B, C), (L, B, C)) or None
+        x, state = self.lstm(self.drop(self.tok_emb(idx)), state)  # (B, T, C)
+        if kv_cache is not None:
+            kv_cache.state['lstm'] = state
+            kv_cache.length += idx.size(1)
+        return next_token_outputs(self, self.norm_f(x), targets)
+
+    def new_kv_cache(self, batch_size, max_len=None):
+        p = next(self.parameters())
+        return KVCache(0, batch_size, 0, 0, max_len or self.config.block_size, p.device, p.dtype)
+
+    def generate(self, idx, max_new_tokens, **kwargs):
+        return generate_causal(self, idx, max_new_tokens, **kwargs)
+
+
+class KGramMLP(nn.Module):
+    """Predicts token t+1 from tokens t-k+1..t only (k = config.kgram_k): their embeddings, concatenated, are
+    projected to n_embd and go through n_layer residual MLP blocks. It is applied at every position at once, as
+    a window sliding along the sequence (before the text starts the window holds zero vectors). The shared
+    Norm and MLP blocks are used, so the norm and mlp options apply here too."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.in_proj = nn.Linear(config.kgram_k * config.n_embd, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+        self.norms = nn.ModuleList([Norm(config) for _ in range(config.n_layer)])
+        self.mlps = nn.ModuleList([MLP(config) for _ in range(config.n_layer)])
+        self.norm_f = Norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.tok_emb.weight = self.lm_head.weight
+        init_weights(self, config.n_layer)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        B, T = idx.shape
+        k, C = self.config.kgram_k, self.config.n_embd
+        x = self.tok_emb(idx)  # (B, T, C)
+        past = kv_cache.state.get('window') if kv_cache is not None else None  # the k-1 embeddings before idx
+        if past is None:
+            past = x.new_zeros(B, k - 1, C)
+        x = torch.cat([past, x], dim=1)  # (B, k-1+T, C)
+        if kv_cache is not None:
+            kv_cache.state['window'] = x[:, x.size(1) - (k - 1):]
+            kv_cache.length += T
+        windows = x.unfold(1, k, 1)  # (B, T, C, k): window t holds tokens t-k+1..t
+        h = self.drop(self.in_proj(windows.transpose(2, 3).reshape(B, T, k * C)))  # (B, T, C)
+        for norm, mlp in zip(self.norms, self.mlps):
+            h = h + mlp(norm(h))
+        return next_token_outputs(self, self.norm_f(h), targets)
+
+    def new_kv_cache(self, batch_size, max_len=None):
+        p = next(self.parameters())
+        return KVCache(0, batch_size, 0, 0, max_len or self.config.block_size, p.device, p.dtype)
+
+    def generate(self, idx, max_new_tokens, **kwargs):
+        return generate_causal(self, idx, max_new_tokens, **kwargs)
 
 # -----------------------------------------------------------------------------
 # MaskGIT: bidirectional Transformer over a token grid
-
-def sincos_2d(grid_h, grid_w, dim):
-    """Fixed 2-D sin-cos positions (grid_h * grid_w, dim): half the channels encode the row, half the column,
-    each as sin/cos pairs at geometrically spaced frequencies (as in ViT-MAE and 4M)."""
-    assert dim % 4 == 0, "sincos positions need n_embd divisible by 4"
-    freqs = 1.0 / (10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4)))
-
-    def encode(pos):  # (N,) -> (N, dim // 2)
-        angles = pos[:, None].float() * freqs[None, :]
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
-    rows = torch.arange(grid_h).repeat_interleave(grid_w)  # raster order
-    cols = torch.arange(grid_w).repeat(grid_h)
-    return torch.cat([encode(rows), encode(cols)], dim=1)
-
 
 class MaskGIT(nn.Module):
     """Tokens where `mask` is True are replaced by a learned mask embedding (id codebook_size, outside the
@@ -289,18 +498,25 @@ class MaskGIT(nn.Module):
         self.num_tokens = config.grid_h * config.grid_w
         self.mask_id = config.codebook_size
         self.tok_emb = nn.Embedding(config.codebook_size + 1, config.n_embd)  # + the mask token
-        if config.image_pos == 'learned':
+        assert config.pos in ('learned', 'sincos', 'rope', 'none'), f"unknown pos {config.pos!r}"
+        rows = torch.arange(config.grid_h).repeat_interleave(config.grid_w)  # (L,) raster order
+        cols = torch.arange(config.grid_w).repeat(config.grid_h)
+        if config.pos == 'learned':
             self.pos_emb = nn.Embedding(self.num_tokens, config.n_embd)
-        elif config.image_pos == 'sincos':
-            self.register_buffer('pos_sincos', sincos_2d(config.grid_h, config.grid_w, config.n_embd), persistent=False)
-        else:
-            raise ValueError(f"unknown image_pos {config.image_pos!r}: choose 'learned' or 'sincos'")
+        elif config.pos == 'sincos':  # fixed 2-D table, rebuilt rather than saved
+            self.register_buffer('pos_table', sincos_2d(rows, cols, config.n_embd), persistent=False)
+        elif config.pos == 'rope':  # 2-D axial; the conditioning prefix is not rotated (angle 0)
+            cos, sin = rope_2d(rows, cols, config.n_embd // config.n_head, config.rope_base)  # (L, hs/2)
+            cos = torch.cat([torch.ones(config.cond_len, cos.size(1)), cos])
+            sin = torch.cat([torch.zeros(config.cond_len, sin.size(1)), sin])
+            self.register_buffer('rope_cos', cos, persistent=False)
+            self.register_buffer('rope_sin', sin, persistent=False)
         if config.cond_len > 0:
             self.cond_emb = nn.Embedding(config.cond_vocab_size + 1, config.n_embd)  # + 'no condition'
             self.cond_pos = nn.Embedding(config.cond_len, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.norm_f = LayerNorm(config.n_embd, config.bias)
+        self.norm_f = Norm(config)
         self.head = nn.Linear(config.n_embd, config.codebook_size, bias=False)
         init_weights(self, config.n_layer)
 
@@ -311,8 +527,12 @@ class MaskGIT(nn.Module):
         B, L = tokens.shape
         c = self.config
         ids = torch.where(mask, torch.full_like(tokens, self.mask_id), tokens)  # the model never sees masked truth
-        pos = self.pos_emb.weight if c.image_pos == 'learned' else self.pos_sincos
-        x = self.tok_emb(ids) + pos[:L]  # (B, L, C)
+        x = self.tok_emb(ids)  # (B, L, C)
+        if c.pos == 'learned':
+            x = x + self.pos_emb.weight[:L]
+        elif c.pos == 'sincos':
+            x = x + self.pos_table[:L]
+        rope = (self.rope_cos, self.rope_sin) if c.pos == 'rope' else None
         if c.cond_len > 0:
             if cond is None:  # unconditional: every conditioning slot holds 'no condition'
                 cond = torch.full((B, c.cond_len), c.cond_vocab_size, dtype=torch.long, device=tokens.device)
@@ -320,8 +540,8 @@ class MaskGIT(nn.Module):
             x = torch.cat([prefix, x], dim=1)  # (B, cond_len + L, C)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, causal=False)
-        logits = self.head(self.norm_f(x[:, c.cond_len:]))  # (B, L, K): grid positions only
+            x = block(x, causal=False, rope=rope)
+        logits = softcap(self.head(self.norm_f(x[:, c.cond_len:])), c.logit_softcap)  # (B, L, K): grid only
         if not compute_loss:
             return logits, None, {}
         # loss on masked positions only: visible tokens are copied from the input, predicting them is free
@@ -332,6 +552,51 @@ class MaskGIT(nn.Module):
 
 # -----------------------------------------------------------------------------
 # helpers shared by every family
+
+def next_token_outputs(model, x, targets):
+    """Final features x (B, T, C) of a causal model -> (logits, loss, metrics) through model.lm_head, with the
+    config's logit soft-cap. Without targets only the last position's logits are computed (B, 1, V)."""
+    cap = model.config.logit_softcap
+    if targets is None:
+        return softcap(model.lm_head(x[:, [-1], :]), cap), None, {}
+    logits = softcap(model.lm_head(x), cap)  # (B, T, V)
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+    return logits, loss, {}
+
+
+@torch.no_grad()
+def generate_causal(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
+                    kv_cache=True, generator=None):
+    """Continue idx (B, T) by max_new_tokens tokens with any causal family (gpt, lstm, kgram_mlp): each has
+    forward(idx, kv_cache=...) and new_kv_cache(batch_size). With kv_cache=False every step re-runs the whole
+    (cropped) context: the slow, obviously correct reference the cached path is tested against.
+
+    Past block_size: the uncached path conditions on the last block_size tokens at every step. Learned
+    absolute positions cannot slide inside a cache, so the cached path, when its cache is full,
+    re-prefills the last block_size // 2 tokens and goes on; that costs one prefill per block_size // 2
+    new tokens and keeps every cached key at the position it was computed for."""
+    block_size = model.config.block_size
+    cache = model.new_kv_cache(idx.size(0)) if kv_cache else None
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+    next_input = None
+    for _ in range(max_new_tokens):
+        if cache is None:
+            logits, _, _ = model(idx[:, -block_size:])
+        else:
+            if next_input is None or cache.length + 1 > block_size:
+                cache.reset()  # (re-)prefill
+                next_input = idx[:, -(block_size // 2 if next_input is not None else block_size):]
+            logits, _, _ = model(next_input, kv_cache=cache)
+        idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
+        if stop_token is not None:
+            idx_next = torch.where(done[:, None], torch.full_like(idx_next, stop_token), idx_next)
+            done |= idx_next[:, 0] == stop_token
+        idx = torch.cat((idx, idx_next), dim=1)
+        next_input = idx_next
+        if stop_token is not None and done.all():
+            break
+    return idx
+
 
 def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
     """logits (..., V) -> sampled ids (..., 1). temperature 0 is greedy (argmax)."""
@@ -486,22 +751,121 @@ def num_params(model, non_embedding=True):
 
 def flops_per_token(model, seq_len):
     """Training FLOPs per token: 6N for the matmuls with the weights, plus 12·L·C·T for attention
-    scores and their weighted sum (PaLM appendix B), forward and backward."""
+    scores and their weighted sum (PaLM appendix B), forward and backward (families without attention: 6N)."""
     c = model.config
-    return 6 * num_params(model) + 12 * c.n_layer * c.n_embd * seq_len
+    has_attention = any(isinstance(m, Attention) for m in model.modules())
+    return 6 * num_params(model) + (12 * c.n_layer * c.n_embd * seq_len if has_attention else 0)
+
+# -----------------------------------------------------------------------------
+# optimizers
+
+def newton_schulz(G, steps=5):
+    """An approximation of the semi-orthogonal matrix U Vᵀ nearest to G = U S Vᵀ (all singular values -> 1),
+    by the quintic Newton–Schulz iteration of Muon (Jordan et al., 2024): X <- aX + (b·XXᵀ + c·(XXᵀ)²)X. Its
+    coefficients trade exactness for speed: after 5 steps the singular values lie in roughly [0.7, 1.2],
+    which trains as well as exact orthogonalisation at a fraction of an SVD's cost (matmuls only)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.float()
+    tall = X.size(0) > X.size(1)
+    if tall:  # iterate on the smaller Gram matrix
+        X = X.T
+    X = X / (X.norm() + 1e-7)  # Frobenius norm >= spectral norm, so every singular value starts in [0, 1]
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if tall else X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon ('MomentUm Orthogonalized by Newton–Schulz', Jordan et al., 2024) for the param groups with
+    muon=True, AdamW for the others: one optimizer object, so train.py's schedule, gradient clipping,
+    GradScaler and checkpoints treat it like any other (its state is plain tensors in state_dict()).
+
+    Muon, for a 2-D weight W (out, in) with gradient G and momentum buffer M:
+        M <- μM + G;   U <- NewtonSchulz(G + μM)  (Nesterov);   W <- W - lr · sqrt(max(1, out/in)) · U
+    The orthogonalised update changes W by the same amount in every direction of its input space, instead of
+    mostly along the few dominant directions of G. It is meant for hidden matrices only: embeddings, output
+    heads, norms and biases use AdamW (decoupled weight decay, bias-corrected moments)."""
+
+    def __init__(self, param_groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5):
+        defaults = dict(lr=lr, betas=betas, eps=eps, momentum=momentum, ns_steps=ns_steps, weight_decay=0.0,
+                        muon=False, lr_scale=1.0)
+        super().__init__(param_groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group['lr'], group['weight_decay']
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                g, state = p.grad, self.state[p]
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                if group['muon']:
+                    if not state:
+                        state['momentum_buffer'] = torch.zeros_like(g)
+                    buf = state['momentum_buffer']
+                    buf.mul_(group['momentum']).add_(g)
+                    update = newton_schulz(g.add(buf, alpha=group['momentum']), group['ns_steps'])
+                    p.add_(update.to(p.dtype), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                else:
+                    if not state:
+                        state['step'] = torch.tensor(0.0)
+                        state['exp_avg'] = torch.zeros_like(p)
+                        state['exp_avg_sq'] = torch.zeros_like(p)
+                    beta1, beta2 = group['betas']
+                    state['step'] += 1
+                    step = state['step'].item()
+                    state['exp_avg'].lerp_(g, 1 - beta1)
+                    state['exp_avg_sq'].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                    denom = (state['exp_avg_sq'] / (1 - beta2 ** step)).sqrt_().add_(group['eps'])
+                    p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** step))
+        return loss
+
+
+def hidden_matrices(model):
+    """The 2-D weights of the Linear layers inside the network, the ones Muon is for: not embeddings (nor the
+    output head tied to them), not output heads (any Linear whose module path says 'head'), not norms or biases."""
+    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    found, seen = [], set()
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.Linear) or any('head' in part for part in name.split('.')):
+            continue
+        p = m.weight
+        if p.requires_grad and id(p) not in embeddings and id(p) not in seen:
+            found.append(p)
+            seen.add(id(p))
+    return found
 
 
 def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
-    """AdamW with weight decay on >=2-D tensors only (matmul weights, embeddings), not on biases and norms."""
+    """AdamW with weight decay on >=2-D tensors only (matmul weights, embeddings), not on biases and norms.
+
+    With model.config.optimizer == 'muon': Muon on hidden_matrices(model) at config.muon_lr (no weight decay),
+    AdamW as above on the rest. Each group's 'lr_scale' is its peak learning rate over learning_rate, so
+    train.py's schedule sets group['lr'] = lr(it) · lr_scale and decays both alike."""
+    config = model.config
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
+    assert config.optimizer in ('adamw', 'muon'), f"unknown optimizer {config.optimizer!r}: 'adamw' or 'muon'"
+    muon = hidden_matrices(model) if config.optimizer == 'muon' else []
+    muon_ids = {id(p) for p in muon}
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in muon_ids]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-    fused = device_type == 'cuda'  # the fused kernel is a single launch per step on GPUs
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+    if config.optimizer == 'adamw':
+        fused = device_type == 'cuda'  # the fused kernel is a single launch per step on GPUs
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+    groups.append({'params': muon, 'muon': True, 'weight_decay': 0.0, 'lr': config.muon_lr,
+                   'lr_scale': config.muon_lr / learning_rate})
+    return Muon(groups, lr=learning_rate, betas=betas, momentum=config.muon_momentum)
 
 
-MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT}
+MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT, 'lstm': LSTM, 'kgram_mlp': KGramMLP}
 
 
 def build_model(config):

@@ -147,7 +147,8 @@ def main():
         if init_from == 'resume':
             model, checkpoint = load_model(out_dir, ckpt, device_name)
             # the checkpoint carries its dataset's meta.json, so decoding never depends on data/ still matching
-            meta = checkpoint.get('data_meta') or load_meta(checkpoint['config']['dataset'])
+            dataset = checkpoint['config']['dataset']
+            meta = checkpoint.get('data_meta') or load_meta(dataset)
         else:
             raise SystemExit("sample.py: init_from must be 'resume' for now")
     except (FileNotFoundError, DataError) as e:
@@ -158,13 +159,13 @@ def main():
         model = torch.compile(model)
 
     family = model.config.model_type if not compile else model._orig_mod.config.model_type
-    wanted = {'ar': 'gpt', 'maskgit': 'maskgit'}
-    if mode not in wanted:
-        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt family) or maskgit (maskgit family)")
-    if wanted[mode] != family:
-        other = {v: k for k, v in wanted.items()}.get(family, '?')
-        sys.exit(f"sample.py: --mode={mode} needs a {wanted[mode]} model, but {out_dir} holds a {family} model: "
-                 f"use --mode={other}")
+    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',)}
+    if mode not in modes:
+        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp) or maskgit (maskgit family)")
+    if family not in modes[mode]:
+        other = [m for m, families in modes.items() if family in families]
+        sys.exit(f"sample.py: --mode={mode} needs a {' or '.join(modes[mode])} model, but {out_dir} holds a {family} "
+                 f"model: use --mode={other[0] if other else '?'}")
     if meta.get('kind') == 'image':
         with torch.no_grad():
             sample_images(model, dataset, meta, device_name, generator)

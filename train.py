@@ -54,7 +54,7 @@ dropout = 0.0
 bias = True
 vocab_size = 0               # 0: what the dataset needs (from meta.json)
 # ...and every other ModelConfig field (model.py) is a config key too, with the dataclass's default
-# optimizer (AdamW)
+# optimizer (AdamW; --optimizer=muon and --muon_lr are ModelConfig fields, see model.py)
 learning_rate = 6e-4
 max_iters = 600000
 weight_decay = 1e-1
@@ -127,7 +127,8 @@ def lookup_peak_flops(device_type, dtype):
     return 0.0  # unknown device: MFU is not printed
 
 
-def get_lr(it):
+def lr_schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr=True):
+    """Linear warmup, cosine decay to min_lr, then constant (speedrun.py uses it too)."""
     if not decay_lr:
         return learning_rate
     if it < warmup_iters:
@@ -136,6 +137,10 @@ def get_lr(it):
         return min_lr
     ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def get_lr(it):
+    return lr_schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
 
 
 def save_checkpoint(path, checkpoint):
@@ -377,7 +382,7 @@ def main():
     while True:
         lr = get_lr(iter_num)
         for group in optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = lr * group.get('lr_scale', 1.0)  # groups with their own peak lr (Muon) scale alike
 
         if should_stop():
             write_checkpoint(f"received {stop_signal['received'] or 'a stop signal on another rank'}")
