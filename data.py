@@ -2,6 +2,7 @@
 Prepared data -> batches, and tokens -> text. Everything under data/<name>/ is written by prepare.py and
 described by its meta.json; this file is the one place that reads it, for train.py, sample.py and eval.py.
 """
+import functools
 import json
 import math
 import os
@@ -236,6 +237,13 @@ def load_data(dataset, model_type, block_size, options=None):
 # -----------------------------------------------------------------------------
 # token grids -> images -> PNG
 
+@functools.lru_cache(maxsize=8)
+def image_tokenizer(path):
+    """A trained tokenizer.py model, loaded once per process."""
+    from tokenizer import load_tokenizer
+    return load_tokenizer(path)[0]
+
+
 def decode_image_tokens(dataset, tokens):
     """(B, L) or (B, h, w) token ids -> uint8 images (B, H, W, C) with the tokenizer the dataset was built with."""
     meta = load_meta(dataset)
@@ -243,12 +251,9 @@ def decode_image_tokens(dataset, tokens):
     tokens = torch.as_tensor(tokens).cpu().long()
     gh, gw = meta['grid']
     tokens = tokens.reshape(-1, gh, gw)
-    if tok['type'] == 'patch_kmeans':  # prepare.py's temporary stand-in: a codebook of pixel patches
-        codebook = torch.from_numpy(np.load(os.path.join(dataset_dir(dataset), tok['codebook'])))
-        p = tok['patch']
-        x = codebook[tokens.clamp(0, len(codebook) - 1)]  # (B, gh, gw, p*p)
-        x = x.view(-1, gh, gw, p, p).permute(0, 1, 3, 2, 4).reshape(-1, gh * p, gw * p, 1)
-        return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    if tok['type'] == 'fsq':  # tokenizer.py's autoencoder
+        x = image_tokenizer(os.path.join(dataset_dir(dataset), tok['file'])).decode(tokens)  # (B, C, H, W) in [0, 1]
+        return (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     raise DataError(f"unknown image tokenizer {tok['type']!r} in meta.json")
 
 

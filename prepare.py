@@ -183,57 +183,22 @@ def fashion_mnist_file(name, input_dir):
             return f.read()
 
 
-def patch_kmeans_tokenizer(train_images, patch=4, codebook_size=512, sample=200_000, iters=20, seed=0):
-    """TEMPORARY stand-in for tokenizer.py (branch issue3), so the image families can be built and measured
-    before the learned tokenizer lands: cut images into patch x patch squares and quantise each square to
-    the nearest of `codebook_size` centroids found by k-means (numpy). Decoding is a codebook lookup.
-
-    Returns (encode, tokenizer_meta, files): encode(uint8 (N, H, W)) -> (N, H/patch, W/patch) ids, the
-    tokenizer's meta.json entry, and {file name: array} to save next to the tokens."""
-    rng = np.random.default_rng(seed)
-    patches = to_patches(train_images, patch)  # (N * h * w, patch * patch) in [0, 1]
-    data = patches[rng.choice(len(patches), size=min(sample, len(patches)), replace=False)]
-    codebook = data[rng.choice(len(data), size=codebook_size, replace=False)].copy()
-    for it in range(iters):
-        assign = nearest_code(data, codebook)
-        counts = np.bincount(assign, minlength=codebook_size)
-        sums = np.zeros_like(codebook)
-        np.add.at(sums, assign, data)
-        alive = counts > 0
-        codebook[alive] = sums[alive] / counts[alive, None]
-        # a dead code restarts at a random data patch, so all codes end up used
-        codebook[~alive] = data[rng.choice(len(data), size=int((~alive).sum()), replace=False)]
-    codebook = codebook.astype(np.float32)
-
-    def encode(images):
-        n, h, w = images.shape
-        return nearest_code(to_patches(images, patch), codebook).reshape(n, h // patch, w // patch)
-
-    meta = {'type': 'patch_kmeans', 'patch': patch, 'codebook_size': codebook_size, 'codebook': 'codebook.npy',
-            'note': 'temporary stand-in until tokenizer.py (issue #3) lands'}
-    return encode, meta, {'codebook.npy': codebook}
-
-
-def to_patches(images, patch):
-    """uint8 (N, H, W) -> float32 (N * H/p * W/p, p * p) in [0, 1], patches in raster order per image."""
-    n, h, w = images.shape
-    x = images.reshape(n, h // patch, patch, w // patch, patch).transpose(0, 1, 3, 2, 4)
-    return x.reshape(-1, patch * patch).astype(np.float32) / 255.0
-
-
-def nearest_code(x, codebook, chunk=65536):
-    """Index of the nearest codebook row for every row of x (squared distance, chunked to bound memory)."""
-    c2 = (codebook ** 2).sum(1)
-    out = np.empty(len(x), dtype=np.int64)
-    for i in range(0, len(x), chunk):
-        xb = x[i:i + chunk]
-        out[i:i + chunk] = (c2[None, :] - 2 * xb @ codebook.T).argmin(1)  # |x|^2 is the same for every code
-    return out
-
-
-def image_tokenizer(train_images):
-    """The one place that picks the image tokenizer: swap this line for tokenizer.py's when it lands."""
-    return patch_kmeans_tokenizer(train_images)
+def fashion_mnist_tokenizer(train_images, val_images, out_dir, max_seconds):
+    """tokenizer.py's FSQ autoencoder, 28x28 -> 7x7 tokens (1000 codes), trained here on the train split, or
+    reused from out_dir/tokenizers/images.pt when a previous prepare.py run left one."""
+    from tokenizer import config_for, load_tokenizer, save_tokenizer, train_tokenizer
+    path = os.path.join(out_dir, 'tokenizers', 'images.pt')
+    if os.path.exists(path):
+        model, metrics = load_tokenizer(path)
+        print(f"reusing the tokenizer {path} (val PSNR {metrics['val_psnr']:.1f} dB); delete it to train a new one")
+    else:
+        print(f"training the Fashion-MNIST tokenizer for {max_seconds:.0f}s (python tokenizer.py trains one alone)")
+        model, metrics = train_tokenizer(train_images[:, None], val_images[:, None], config_for(28, 7, 1),
+                                         max_seconds=max_seconds, hflip=True)
+        save_tokenizer(path, model, metrics)
+    meta = {'type': 'fsq', 'file': 'tokenizers/images.pt', 'codebook_size': model.cfg.codebook_size,
+            'val_psnr': metrics['val_psnr'], 'codes_used': metrics.get('codes_used'), 'perplexity': metrics.get('perplexity')}
+    return model, meta
 
 
 def prepare_fashion_mnist(args):
@@ -246,11 +211,10 @@ def prepare_fashion_mnist(args):
     val_size = min(5000, len(images) // 6)  # smaller for the tiny sets tests build
     splits = {'train': (images[:-val_size], labels[:-val_size]), 'val': (images[-val_size:], labels[-val_size:]),
               'test': raw['test']}
-    encode, tok_meta, tok_files = image_tokenizer(splits['train'][0])
-    for name, array in tok_files.items():
-        np.save(os.path.join(out_dir, name), array)
+    from tokenizer import tokenize_images
+    model, tok_meta = fashion_mnist_tokenizer(splits['train'][0], splits['val'][0], out_dir, args.tokenizer_seconds)
     for split, (images, labels) in splits.items():
-        tokens = encode(images)
+        tokens = tokenize_images(model, images[:, None])  # (N, 7, 7)
         np.save(os.path.join(out_dir, f'{split}_tokens.npy'), tokens.reshape(len(tokens), -1).astype(np.int16))
         np.save(os.path.join(out_dir, f'{split}_labels.npy'), labels.astype(np.int64))
         np.save(os.path.join(out_dir, f'{split}_images.npy'), images)  # raw pixels: classifier and evaluation
@@ -277,6 +241,8 @@ def main(argv=None):
     parser.add_argument('dataset', choices=sorted(DATASETS))
     parser.add_argument('--input', default=None, help='build from this local file (or folder, for fashion_mnist) instead of the canonical source')
     parser.add_argument('--name', default=None, help='write to data/<name>/ instead of data/<dataset>/')
+    parser.add_argument('--tokenizer_seconds', type=float, default=120.0,
+                        help='training budget of each image tokenizer prepare.py trains (seconds)')
     args = parser.parse_args(argv)
     try:
         DATASETS[args.dataset](args)

@@ -191,7 +191,7 @@ def tiny_images(data_root, tmp_path_factory):
             images[i, 4 + 10 * r:12 + 10 * r, 1 + 5 * k:7 + 5 * k] = 230
         write_idx(src / f'{split}-images-idx3-ubyte.gz', images)
         write_idx(src / f'{split}-labels-idx1-ubyte.gz', labels)
-    run([sys.executable, 'prepare.py', 'fashion_mnist', f'--input={src}', '--name=tiny_fmnist'],
+    run([sys.executable, 'prepare.py', 'fashion_mnist', f'--input={src}', '--name=tiny_fmnist', '--tokenizer_seconds=8'],
         env_extra={'NANO4M_DATA': data_root})
     return 'tiny_fmnist'
 
@@ -217,8 +217,9 @@ def test_image_batches(tiny_images, family):
     if family == 'gpt':
         idx, targets = batch['idx'], batch['targets']
         assert idx.shape == targets.shape == (64, 49)
-        assert (idx[:, 0] >= 512).all() and torch.equal(idx[:, 1:], targets[:, :-1])  # class first, then raster
-        assert data.model_args['vocab_size'] == 512 + 10 + 1
+        K = data.meta['codebook_size']
+        assert (idx[:, 0] >= K).all() and torch.equal(idx[:, 1:], targets[:, :-1])  # class first, then raster
+        assert data.model_args['vocab_size'] == K + 10 + 1
     else:
         # exactly ceil(cos(pi/2 r) * L) masked per sample, with r drawn right after the index and drop draws
         ref = torch.Generator().manual_seed(3)
