@@ -149,10 +149,144 @@ def global_draw(fn, high, batch_size, generator, rank, world_size):
     return draw[rank * batch_size:(rank + 1) * batch_size].numpy()
 
 
-def load_data(dataset, model_type, block_size):
+class FourMData:
+    """Input and target token sets for the 4m family, from a multimodal dataset written by prepare.py
+    (data/<name>/<split>/<modality>.npy: one row of tokens per scene, rows aligned across modalities).
+
+    Per sample (4M's multimodal masking): an input budget and a target budget, each uniform in its config range
+    (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by a
+    Dirichlet(alpha) draw, alpha picked from a mixture; then every modality's positions are shuffled and the
+    first ones become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to
+    the largest budgets so their shapes never change (torch.compile, DDP)."""
+
+    def __init__(self, dataset, config):
+        self.meta = load_meta(dataset)
+        if self.meta.get('kind') != 'multimodal':
+            raise DataError(f"dataset {dataset!r} holds {self.meta.get('kind')!r} data: model_type='4m' needs a "
+                            f"multimodal dataset, e.g. --dataset=clevr (python prepare.py clevr)")
+        available = list(self.meta['modalities'])
+        names = list(config.get('train_modalities') or available)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}")
+        self.names = names
+        self.specs = [dict(name=n, **{k: self.meta['modalities'][n][k] for k in ('kind', 'vocab_size', 'num_tokens', 'grid')})
+                      for n in names]
+        self.num_tokens = np.array([s['num_tokens'] for s in self.specs])
+        self.first = np.concatenate([[0], np.cumsum(self.num_tokens)[:-1]])  # column of each modality in a scene row
+        total = int(self.num_tokens.sum())
+        self.input_budget = budget_range(config.get('input_budget', (1, 128)), total, 'input_budget')
+        self.target_budget = budget_range(config.get('target_budget', (1, 128)), total, 'target_budget')
+        self.alphas = []  # mixture components, each an alpha per modality
+        for a in config.get('dirichlet_alphas', (1.0,)):
+            a = np.full(len(names), float(a)) if np.isscalar(a) else np.asarray(a, dtype=np.float64)
+            if a.shape != (len(names),) or (a < 0).any():
+                raise DataError(f"dirichlet_alphas: each entry is one alpha >= 0 or one per modality {names}, not {a}")
+            self.alphas.append(a)
+        self.dir = dataset_dir(dataset)
+        self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
+        # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
+        self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets}
+
+    def tokens(self, split):
+        """{modality: (num_scenes, num_tokens) int array}, memory-mapped."""
+        return {n: np.load(os.path.join(self.dir, split, f'{n}.npy'), mmap_mode='r') for n in self.names}
+
+    def draw_masks(self, batch_size, rng):
+        """Per sample, which positions are inputs and which targets: two (batch_size, n) arrays of column
+        indices into a scene row (all modalities side by side), -1 on padding, and their modality ids."""
+        inputs = np.full((batch_size, self.n_inputs), -1)
+        targets = np.full((batch_size, self.n_targets), -1)
+        for b in range(batch_size):
+            n_in = rng.integers(self.input_budget[0], self.input_budget[1] + 1)
+            n_tgt = rng.integers(self.target_budget[0], self.target_budget[1] + 1)
+            alpha = self.alphas[rng.integers(len(self.alphas))]
+            in_counts = split_budget(n_in, dirichlet(alpha, rng), self.num_tokens * (alpha > 0), rng)
+            tgt_counts = split_budget(n_tgt, dirichlet(alpha, rng), (self.num_tokens - in_counts) * (alpha > 0), rng)
+            cols_in, cols_tgt = [], []
+            for m in range(len(self.names)):
+                order = self.first[m] + rng.permutation(self.num_tokens[m])
+                cols_in.append(order[:in_counts[m]])
+                cols_tgt.append(order[in_counts[m]:in_counts[m] + tgt_counts[m]])
+            cols_in, cols_tgt = np.concatenate(cols_in), np.concatenate(cols_tgt)
+            inputs[b, :len(cols_in)] = cols_in
+            targets[b, :len(cols_tgt)] = cols_tgt
+        return inputs, targets
+
+    def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
+        tokens = self.tokens(split)
+        num_scenes = len(tokens[self.names[0]])
+        rows = global_draw(torch.randint, num_scenes, batch_size, generator, rank, world_size)
+        # the masks are drawn for the global batch too (numpy, seeded from the shared generator), then sliced
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
+        inputs, targets = self.draw_masks(batch_size * world_size, rng)
+        inputs, targets = (a[rank * batch_size:(rank + 1) * batch_size] for a in (inputs, targets))
+        scene = np.concatenate([np.asarray(tokens[n][rows]) for n in self.names], axis=1)  # (b, all modalities)
+        return {**self.columns_to_batch(scene, inputs, 'enc'), **self.columns_to_batch(scene, targets, 'dec', targets=True)}
+
+    def columns_to_batch(self, scene, cols, prefix, targets=False):
+        """Scene rows (b, total) and column indices (b, n) with -1 as padding -> the model's tensors."""
+        pad = cols < 0
+        cols = np.where(pad, 0, cols)
+        mod = np.searchsorted(self.first, cols, side='right') - 1  # modality owning each column
+        batch = {f'{prefix}_pos': cols - self.first[mod], f'{prefix}_mod': mod, f'{prefix}_pad': pad}
+        tok = np.take_along_axis(scene, cols, axis=1).astype(np.int64)
+        if targets:
+            batch['targets'] = np.where(pad, -1, tok)
+        else:
+            batch[f'{prefix}_tokens'] = np.where(pad, 0, tok)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bool if k.endswith('_pad') else torch.long)
+                for k, v in batch.items()}
+
+
+def budget_range(value, total, name):
+    lo, hi = (value, value) if np.isscalar(value) else tuple(value)
+    if not 0 <= lo <= hi or hi < 1:
+        raise DataError(f"{name} must be (min, max) with 0 <= min <= max and max >= 1, not {value!r}")
+    return int(min(lo, total)), int(min(hi, total))
+
+
+def dirichlet(alpha, rng):
+    """A Dirichlet(alpha) draw, stable for tiny alphas: normalised Gamma(alpha) draws, computed in log space as
+    Gamma(alpha + 1) * U^(1/alpha) (a tiny alpha then gives one modality nearly everything, as it should, where
+    plain gamma draws underflow to 0). alpha 0: that modality gets weight 0."""
+    weights = np.zeros(len(alpha))
+    on = alpha > 0
+    if on.any():
+        a = alpha[on]
+        log_g = np.log(rng.gamma(a + 1.0)) + np.log(rng.random(len(a))) / a
+        weights[on] = np.exp(log_g - log_g.max())
+        weights /= weights.sum()
+    return weights
+
+
+def split_budget(budget, weights, available, rng):
+    """Split `budget` tokens across modalities in proportion to weights, at most available[m] each; what a full
+    modality cannot take goes to the others, still in proportion to their weights (a modality with no
+    available tokens takes nothing). Rounding leftovers go one at a time to a modality drawn by weight."""
+    available = np.asarray(available, dtype=np.int64)
+    counts = np.zeros(len(available), dtype=np.int64)
+    budget = min(int(budget), int(available.sum()))
+    while counts.sum() < budget:
+        room = available - counts
+        w = weights * (room > 0)
+        if w.sum() <= 0:  # every weighted modality is full: spill evenly over the rest
+            w = (room > 0).astype(np.float64)
+        w = w / w.sum()
+        left = budget - counts.sum()
+        share = np.minimum(np.floor(left * w).astype(np.int64), room)
+        if share.sum() == 0:
+            share[rng.choice(len(w), p=w)] = 1
+        counts += share
+    return counts
+
+
+def load_data(dataset, model_type, block_size, config=None):
     """The batch maker for a dataset and model family: an object with
     .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
-    the model's forward() arguments."""
+    the model's forward() arguments. config: the training config (the 4m family reads its masking keys)."""
     if model_type == 'gpt':
         return TextData(dataset, block_size)
+    if model_type == '4m':
+        return FourMData(dataset, config or {})
     raise DataError(f"no batch maker for model_type {model_type!r}")

@@ -54,6 +54,12 @@ dropout = 0.0
 bias = True
 vocab_size = 0               # 0: what the dataset needs (from meta.json)
 # ...and every other ModelConfig field (model.py) is a config key too, with the dataclass's default
+# 4m multimodal masking (data.FourMData)
+train_modalities = ()        # which of the dataset's modalities take part; () = all of them
+input_budget = (1, 128)      # input tokens per sample, uniform in [min, max]; min == max: fixed, no padding
+target_budget = (1, 128)     # target tokens per sample, likewise
+dirichlet_alphas = (1.0,)    # mixture of Dirichlet alphas splitting each budget across modalities: each entry one
+                             # alpha for all modalities or a tuple with one per modality (0: never takes part)
 # optimizer (AdamW)
 learning_rate = 6e-4
 max_iters = 600000
@@ -182,7 +188,6 @@ def main():
     if master:
         print(json.dumps({**config, 'device': device_name, 'dtype': ptdtype_name, 'world_size': world_size}, indent=None))
         os.makedirs(out_dir, exist_ok=True)
-    tokens_per_iter = grad_accum * world_size * batch_size * block_size
 
     torch.manual_seed(seed + rank)
     if deterministic:
@@ -196,7 +201,7 @@ def main():
     # -------------------------------------------------------------------------
     # data and model
     try:
-        data = load_data(dataset, model_type, block_size)
+        data = load_data(dataset, model_type, block_size, config)
     except DataError as e:
         sys.exit(f"data error: {e}")
     # every rank draws the global batch from the same stream and keeps its slice (see data.global_draw); the
@@ -205,7 +210,7 @@ def main():
 
     model_args = {f.name: config[f.name] for f in fields(ModelConfig)}
     for k, v in data.model_args.items():  # what the dataset fixes (vocabulary, grids, modalities), unless set
-        if model_args[k] in (0, '', None):
+        if model_args[k] in (0, '', None, ()):
             model_args[k] = v
     iter_num, best_val_loss, checkpoint = 0, 1e9, None
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
@@ -230,6 +235,8 @@ def main():
         sys.exit(f"config error: vocab_size={model_args['vocab_size']} is smaller than dataset {dataset!r}'s "
                  f"vocabulary ({data.model_args['vocab_size']}); use --vocab_size=0 to take the dataset's")
     model_config = ModelConfig(**model_args)
+    # tokens per sample: block_size (for 4m the data sets it to the padded inputs + targets)
+    tokens_per_iter = grad_accum * world_size * batch_size * model_config.block_size
     model = build_model(model_config)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
@@ -237,7 +244,7 @@ def main():
     if master:
         print(f"{model_type} model: {num_params(model) / 1e6:.2f}M parameters; "
               f"{tokens_per_iter:,} tokens per iteration ({grad_accum} micro-steps x {world_size} ranks x "
-              f"{batch_size} x {block_size})")
+              f"{batch_size} x {model_config.block_size})")
 
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype_name == 'float16'))
     optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type)
@@ -261,7 +268,7 @@ def main():
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
-    flops_token = flops_per_token(raw_model, block_size)
+    flops_token = flops_per_token(raw_model, model_config.block_size)
     peak = peak_flops or lookup_peak_flops(device_type, ptdtype_name)
 
     def batch_to_device(batch):
@@ -283,14 +290,17 @@ def main():
                 with autocast:
                     _, loss, metrics = model(**batch_to_device(data.get_batch(split, batch_size, gen, rank, world_size)))
                 losses[k] = loss.item()
-                for name, value in metrics.items():  # e.g. per-modality losses
-                    metrics_sum[name] = metrics_sum.get(name, 0.0) + float(value)
+                for name, value in metrics.items():  # e.g. per-modality losses; NaN: undefined for this batch
+                    value = float(value)
+                    if math.isfinite(value):
+                        total, count = metrics_sum.get(name, (0.0, 0))
+                        metrics_sum[name] = (total + value, count + 1)
             mean = losses.mean().to(device_name)
             if ddp:
                 torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
             out[split] = mean.item()
-            for name, total in metrics_sum.items():
-                out[f'{split}/{name}'] = total / eval_iters
+            for name, (total, count) in metrics_sum.items():
+                out[f'{split}/{name}'] = total / count
         model.train()
         return out
 

@@ -1,0 +1,29 @@
+# nano4M on 2 CPU cores: the README's main job (make demo). CLEVR-like scenes at 8x8 token grids.
+#   python prepare.py clevr && python train.py config/nano4m_cpu.py
+out_dir = 'out-nano4m-cpu'
+dataset = 'clevr'
+model_type = '4m'
+eval_interval = 500
+eval_iters = 10
+log_interval = 50
+block_size = 0                # the data sets it: largest input + target budget
+n_layer = 4                   # encoder
+n_layer_dec = 4
+n_head = 4
+n_embd = 192
+dropout = 0.0
+bias = False
+train_modalities = ()         # all of the dataset's: rgb, depth, normals, semseg, caption
+input_budget = (64, 64)       # fixed budgets: no padding, every position does work
+target_budget = (64, 64)
+dirichlet_alphas = (1.0, 0.1)  # a mixture: mixed inputs, and inputs mostly from a single modality
+batch_size = 32
+learning_rate = 2e-3
+max_iters = 3000
+lr_decay_iters = 3000
+warmup_iters = 100
+min_lr = 2e-4
+beta2 = 0.99
+weight_decay = 0.05
+dtype = ''                    # '' = float32 on CPU; bfloat16 is ~1.5x faster where the CPU has avx512_bf16
+compile = False
