@@ -171,7 +171,7 @@ class FourMData:
             raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}")
         self.names = names
         self.specs = [dict(name=n, **{k: self.meta['modalities'][n][k] for k in ('kind', 'vocab_size', 'num_tokens', 'grid')})
-                      for n in names]
+                      for n in names]  # what the model needs to know of each modality
         self.num_tokens = np.array([s['num_tokens'] for s in self.specs])
         self.first = np.concatenate([[0], np.cumsum(self.num_tokens)[:-1]])  # column of each modality in a scene row
         total = int(self.num_tokens.sum())
@@ -186,7 +186,8 @@ class FourMData:
         self.dir = dataset_dir(dataset)
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
         # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
-        self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets}
+        self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets,
+                           'vocab_size': sum(s['vocab_size'] for s in self.specs)}  # the shared id space
 
     def tokens(self, split):
         """{modality: (num_scenes, num_tokens) int array}, memory-mapped."""
@@ -279,6 +280,169 @@ def split_budget(budget, weights, available, rng):
             share[rng.choice(len(w), p=w)] = 1
         counts += share
     return counts
+
+
+# -----------------------------------------------------------------------------
+# multimodal tokens <-> images and text. Each modality in meta.json names its codec:
+#   'fsq'         a learned image tokenizer (tokenizer.py), file in 'tokenizer'
+#   'depth_bins'  depth per cell, median-pooled, in 'vocab_size' log-spaced bins over 'depth_range'
+#   'classes'     a label per cell (majority class); shown with a palette
+#   'normal_bins' the cell's mean normal, nearest of 'vocab_size' - 1 fixed directions (token 0 = no surface)
+#   'words'       a sequence of word ids ('words' lists them; '<pad>' and '<eos>' among them)
+# Network-free codecs are plain numpy so prepare.py, sample.py and eval.py share them.
+
+def pool_cells(x, grid):
+    """(N, H, W, ...) -> (N, gh, gw, cell_h * cell_w, ...): the pixels of each token cell."""
+    N, H, W = x.shape[:3]
+    gh, gw = grid
+    rest = x.shape[3:]
+    x = x.reshape(N, gh, H // gh, gw, W // gw, *rest).swapaxes(2, 3)
+    return x.reshape(N, gh, gw, (H // gh) * (W // gw), *rest)
+
+
+def depth_to_tokens(depth, grid, vocab_size, depth_range):
+    """(N, H, W) depth -> (N, gh*gw) bin ids: the median depth of each cell (a mean would blend the sky into
+    object cells), binned in log space. The sky sits at the far end of the range."""
+    lo, hi = depth_range
+    d = np.median(pool_cells(np.clip(depth, lo, hi), grid), axis=3)  # (N, gh, gw)
+    t = (np.log(d) - np.log(lo)) / (np.log(hi) - np.log(lo)) * vocab_size
+    return np.clip(t.astype(np.int64), 0, vocab_size - 1).reshape(len(depth), -1)
+
+
+def tokens_to_depth(tokens, grid, vocab_size, depth_range, size):
+    """(N, gh*gw) bin ids -> (N, size, size) depth at the bins' log-space centres, nearest-upsampled."""
+    lo, hi = depth_range
+    d = np.exp(np.log(lo) + (np.asarray(tokens) + 0.5) / vocab_size * (np.log(hi) - np.log(lo)))
+    return upsample_grid(d.reshape(len(d), *grid), size)
+
+
+def upsample_grid(x, size):
+    """(N, gh, gw, ...) -> (N, size, size, ...) by repeating each cell."""
+    return x.repeat(size // x.shape[1], axis=1).repeat(size // x.shape[2], axis=2)
+
+
+def classes_to_tokens(labels, grid, num_classes):
+    """(N, H, W) int labels -> (N, gh*gw): the majority label per cell (ties to the lower class)."""
+    cells = pool_cells(labels, grid)  # (N, gh, gw, P)
+    counts = np.stack([(cells == c).sum(-1) for c in range(num_classes)], -1)
+    return counts.argmax(-1).reshape(len(labels), -1)
+
+
+def normal_directions(n):
+    """n roughly evenly spread unit vectors (a Fibonacci sphere)."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    r = np.sqrt(1 - z ** 2)
+    phi = np.pi * (3 - np.sqrt(5)) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def normals_to_tokens(normals, grid, vocab_size):
+    """(N, H, W, 3) unit normals (0 where no surface) -> (N, gh*gw): 0 for a cell mostly without surface, else
+    1 + the nearest of vocab_size - 1 fixed directions to the cell's mean normal."""
+    cells = pool_cells(normals, grid)  # (N, gh, gw, P, 3)
+    surface = np.abs(cells).sum(-1) > 0
+    mean = cells.sum(3)
+    dirs = normal_directions(vocab_size - 1)
+    tok = 1 + (mean @ dirs.T).argmax(-1)
+    return np.where(surface.mean(-1) >= 0.5, tok, 0).reshape(len(normals), -1)
+
+
+def tokens_to_normals(tokens, grid, vocab_size, size):
+    dirs = np.concatenate([np.zeros((1, 3)), normal_directions(vocab_size - 1)])
+    return upsample_grid(dirs[np.asarray(tokens)].reshape(len(tokens), *grid, 3), size)
+
+
+SEMSEG_PALETTE = np.array([[40, 40, 40], [230, 90, 60], [70, 160, 230], [240, 200, 60], [120, 200, 90],
+                           [200, 100, 220], [150, 150, 150], [255, 255, 255]], dtype=np.uint8)
+
+
+def encode_words(spec, text):
+    """Text -> (num_tokens,) word ids, <eos> after the last word, <pad> after it; unknown words are an error."""
+    words, ids = spec['words'], {w: i for i, w in enumerate(spec['words'])}
+    unknown = [w for w in text.split() if w not in ids]
+    if unknown:
+        raise ValueError(f"unknown word(s) {', '.join(repr(w) for w in unknown)}: the caption vocabulary is "
+                         f"{' '.join(w for w in words if not w.startswith('<'))}")
+    tokens = [ids[w] for w in text.split()] + [ids['<eos>']]
+    if len(tokens) > spec['num_tokens']:
+        raise ValueError(f"the caption has {len(tokens) - 1} words; at most {spec['num_tokens'] - 1} fit")
+    return np.array(tokens + [ids['<pad>']] * (spec['num_tokens'] - len(tokens)))
+
+
+def decode_words(spec, ids):
+    """Word ids -> text, up to the first <eos>, without <pad>."""
+    out = []
+    for i in np.asarray(ids).tolist():
+        w = spec['words'][i]
+        if w == '<eos>':
+            break
+        if w != '<pad>':
+            out.append(w)
+    return ' '.join(out)
+
+
+class TokenDecoder:
+    """Tokens of any image modality -> what they mean: decode() gives values (depth in scene units, unit normals,
+    class labels, rgb in [0, 1]); to_rgb() gives a uint8 picture (N, size, size, 3) for PNGs."""
+
+    def __init__(self, dataset, meta):
+        self.dir, self.meta = dataset_dir(dataset), meta
+        self.size = meta.get('resolution', 64)
+        self._tokenizers = {}
+
+    def decode(self, name, tokens):
+        spec = self.meta['modalities'][name]
+        grid, V, codec = tuple(spec['grid']), spec['vocab_size'], spec.get('codec')
+        tokens = np.asarray(tokens)
+        if codec == 'depth_bins':
+            return tokens_to_depth(tokens, grid, V, spec['depth_range'], self.size)
+        if codec == 'normal_bins':
+            return tokens_to_normals(tokens, grid, V, self.size)
+        if codec == 'classes':
+            return upsample_grid(tokens.reshape(len(tokens), *grid), self.size)
+        if codec == 'fsq':
+            if name not in self._tokenizers:
+                from tokenizer import load_tokenizer
+                self._tokenizers[name] = load_tokenizer(os.path.join(self.dir, spec['tokenizer']))[0].eval()
+            with torch.no_grad():
+                images = self._tokenizers[name].decode(torch.from_numpy(tokens.reshape(len(tokens), *grid)).long())
+            return images.float().clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+        return upsample_grid(tokens.reshape(len(tokens), *grid), self.size)  # unknown codec: the raw token grid
+
+    def to_rgb(self, name, tokens):
+        spec = self.meta['modalities'][name]
+        x = self.decode(name, tokens)
+        return values_to_rgb(spec.get('codec'), x, spec)
+
+    def to_rgb_values(self, name, values):
+        """Ground-truth values (e.g. raw depth) -> a picture, coloured the same way as decoded tokens."""
+        return values_to_rgb(self.meta['modalities'][name].get('codec'), values, self.meta['modalities'][name])
+
+
+def values_to_rgb(codec, x, spec):
+    if codec == 'depth_bins':
+        lo, hi = spec['depth_range']
+        t = 1 - (np.log(np.clip(x, lo, hi)) - np.log(lo)) / (np.log(hi) - np.log(lo))  # near = bright
+        return (np.stack([t, t ** 2, 0.3 + 0.4 * t], -1) * 255).astype(np.uint8)
+    if codec == 'normal_bins':
+        return ((np.asarray(x) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    if codec == 'fsq' or (np.asarray(x).ndim == 4 and x.shape[-1] == 3 and np.asarray(x).dtype != np.uint8):
+        return (np.asarray(x) * 255).round().clip(0, 255).astype(np.uint8)
+    if codec == 'classes':
+        return SEMSEG_PALETTE[np.asarray(x) % len(SEMSEG_PALETTE)]
+    x = np.asarray(x)
+    if x.ndim == 4:
+        return x.astype(np.uint8)
+    t = x / max(1, spec['vocab_size'] - 1)  # unknown codec: token ids as grey levels
+    return (np.stack([t, t, t], -1) * 255).astype(np.uint8)
+
+
+def load_tokens(dataset, split):
+    """{modality: (num_scenes, num_tokens) int64} of a multimodal split, read whole."""
+    meta = load_meta(dataset)
+    return {n: np.load(os.path.join(dataset_dir(dataset), split, f'{n}.npy')).astype(np.int64)
+            for n in meta['modalities']}
 
 
 def load_data(dataset, model_type, block_size, config=None):
