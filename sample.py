@@ -235,6 +235,8 @@ def run_chain(model, dataset, meta, generator, device_name):
     for k in range(num_samples):
         cond_inputs = {n: inputs[n][k].cpu().numpy() for n in conditions}
         columns = [(f'{n} (given)', panel(n, cond_inputs[n]), None) for n in conditions]
+        if truth is not None:  # the second row is the val scene's ground truth: say so under the condition
+            columns[0] = (columns[0][0], columns[0][1], text_panel('ground truth of the generated modalities ->', 128, 128))
         texts = []
         for step in plan:
             name = step['target']
