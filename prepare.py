@@ -148,23 +148,11 @@ CLEVR_RESOLUTION = 64
 CLEVR_DEPTH_RANGE = (4.5, 40.0)  # nearest surface ~5; 40 = clevr.MAX_GROUND_DISTANCE, the sky is clipped to it
 CLEVR_DEPTH_BINS = 64
 CLEVR_NORMAL_BINS = 65          # 64 directions + "no surface"
-CLEVR_TRAIN_SEED, CLEVR_VAL_SEED = 0, 1  # scene i of a split is drawn from (seed, i): the splits never overlap
 CLEVR_RENDER = ('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption')
 CLEVR_RAW = ('depth', 'depth_valid', 'semseg')  # val ground truth kept at full resolution, for eval.py
 
 
-def encode_rgb(tokenizer, rgb, batch_size=500):
-    """(N, H, W, 3) uint8 -> (N, h*w) FSQ token ids."""
-    import torch
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(rgb), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(rgb[i:i + batch_size].transpose(0, 3, 1, 2))).float() / 255.0
-            out.append(tokenizer.encode(x).reshape(len(x), -1).numpy())
-    return np.concatenate(out)
-
-
-def render_clevr_split(num_scenes, seed, keep_raw, chunk=2000):
+def render_clevr_split(num_scenes, split, keep_raw, chunk=2000):
     """Render a split in chunks (the normals of 30k scenes alone take 1.5 GB) and tokenize what needs no
     network right away. Returns ({modality: tokens}, rgb images, raw ground truth or None, caption texts)."""
     import clevr
@@ -172,9 +160,9 @@ def render_clevr_split(num_scenes, seed, keep_raw, chunk=2000):
     rgb, raw, texts = [], {k: [] for k in CLEVR_RAW}, []
     for start in range(0, num_scenes, chunk):
         n = min(chunk, num_scenes - start)
-        # render_scenes(n, seed) is a prefix of a longer render; offset scenes by rendering with a sub-seed
-        d = clevr.render_scenes(n, seed=seed * 1_000_003 + start, resolution=CLEVR_RESOLUTION,
-                                modalities=CLEVR_RENDER)
+        # scene i of a split is drawn from (split seed, i): chunks compose, and the splits never overlap
+        d = clevr.render_scenes(n, seed=clevr.SPLIT_SEEDS[split], resolution=CLEVR_RESOLUTION,
+                                modalities=CLEVR_RENDER, start=start)
         tokens['depth'].append(depth_to_tokens(d['depth'], CLEVR_GRID, CLEVR_DEPTH_BINS, CLEVR_DEPTH_RANGE))
         tokens['normals'].append(normals_to_tokens(d['normals'], CLEVR_GRID, CLEVR_NORMAL_BINS))
         tokens['semseg'].append(classes_to_tokens(d['semseg'], CLEVR_GRID, clevr.NUM_SEMSEG_CLASSES))
@@ -192,31 +180,35 @@ def render_clevr_split(num_scenes, seed, keep_raw, chunk=2000):
 
 def prepare_clevr(args):
     import time
+    import torch
     import clevr
     import tokenizer as image_tokenizer
     t0 = time.time()
     out_dir = os.path.join(DATA_ROOT, args.name or 'clevr')
     tok_path = os.path.join(out_dir, 'tokenizers', 'rgb.pt')
     print(f"rendering {args.num_train:,} train + {args.num_val:,} val scenes at {CLEVR_RESOLUTION}x{CLEVR_RESOLUTION}")
-    train_tokens, train_rgb, _, _ = render_clevr_split(args.num_train, CLEVR_TRAIN_SEED, keep_raw=False)
-    val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, CLEVR_VAL_SEED, keep_raw=True)
+    train_tokens, train_rgb, _, _ = render_clevr_split(args.num_train, 'train', keep_raw=False)
+    val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, 'val', keep_raw=True)
     print(f"rendered in {time.time() - t0:.0f}s")
 
     if os.path.exists(tok_path) and not args.retrain_tokenizer:
         print(f"reusing the rgb tokenizer {tok_path} (--retrain_tokenizer to train a new one)")
         model, tok_metrics = image_tokenizer.load_tokenizer(tok_path)
     else:
-        print(f"training the rgb FSQ tokenizer for {args.tokenizer_seconds:.0f}s")
+        print(f"training the rgb FSQ tokenizer for {args.tokenizer_seconds:.0f} CPU seconds on one thread")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # on a shared 2-core machine one thread is faster than two (PREPARE_NOTES.md)
         cfg = image_tokenizer.config_for(CLEVR_RESOLUTION, CLEVR_GRID[0], 3)
         fit = train_rgb[:args.tokenizer_scenes].transpose(0, 3, 1, 2)
         model, tok_metrics = image_tokenizer.train_tokenizer(fit, val_rgb.transpose(0, 3, 1, 2), cfg,
                                                              max_seconds=args.tokenizer_seconds, hflip=True,
                                                              clock='cpu')  # CPU seconds: fair on a busy machine
+        torch.set_num_threads(threads)
         image_tokenizer.save_tokenizer(tok_path, model, tok_metrics)
         model.eval()
     print(f"rgb tokenizer: val PSNR {tok_metrics['val_psnr']:.1f} dB, codebook {model.cfg.codebook_size}")
-    train_tokens['rgb'] = encode_rgb(model, train_rgb)
-    val_tokens['rgb'] = encode_rgb(model, val_rgb)
+    train_tokens['rgb'] = image_tokenizer.tokenize_images(model, train_rgb.transpose(0, 3, 1, 2)).reshape(len(train_rgb), -1)
+    val_tokens['rgb'] = image_tokenizer.tokenize_images(model, val_rgb.transpose(0, 3, 1, 2)).reshape(len(val_rgb), -1)
 
     grid, n_cells = list(CLEVR_GRID), CLEVR_GRID[0] * CLEVR_GRID[1]
     modalities = {  # the order here is the modality order models see
