@@ -412,27 +412,30 @@ class FourM(nn.Module):
 
     @torch.no_grad()
     def generate(self, inputs, target, scheme='maskgit', steps=8, temperature=1.0, top_k=None, top_p=None,
-                 generator=None):
+                 schedule=None, generator=None):
         """All tokens (B, L) of modality `target` given inputs {name: tokens (B, L_m)}, decoded iteratively:
-        each step's tokens join the encoder input of the next (see iterative_decode for the schemes)."""
+        the target tokens decided so far join the encoder input, the still unknown ones are the decoder's
+        queries. Schedule: cosine for maskgit, linear (constant per step) for roar, unless given."""
         t = self.modality_id(target)
         L = self.config.modalities[t]['num_tokens']
         B = next(iter(inputs.values())).size(0)
         device = self.pos_table.device
+        positions = torch.arange(L, device=device).expand(B, -1)
 
-        def logits_fn(tokens, known, query):
-            positions = torch.arange(L, device=device).expand(B, -1)
-            # rows have equal counts, so the selections reshape to (B, K) and (B, Q)
-            known_pos = positions[known].view(B, -1)
-            query_pos = positions[query].view(B, -1)
-            logits = self.predict(inputs, target, query_pos, tokens[known].view(B, -1), known_pos).float()
+        def predict_logits_fn(tokens, mask, cond_dropped):
+            # every row has as many unknown tokens as the others (one schedule), so the selections are (B, K), (B, Q)
+            known_pos, query_pos = positions[~mask].view(B, -1), positions[mask].view(B, -1)
+            logits = self.predict(inputs, target, query_pos, tokens[~mask].view(B, -1), known_pos).float()
             out = torch.zeros(B, L, logits.size(-1), device=device)
-            return out.scatter(1, query_pos[..., None].expand_as(logits), logits)
+            return out.scatter(1, query_pos[..., None].expand_as(logits), logits)  # (B, L, V)
 
         tokens = torch.zeros(B, L, dtype=torch.long, device=device)
-        known = torch.zeros(B, L, dtype=torch.bool, device=device)
-        return iterative_decode(logits_fn, tokens, known, scheme, steps, temperature, top_k, top_p,
-                                generator=generator)
+        mask = torch.ones(B, L, dtype=torch.bool, device=device)
+        schedule = schedule or ('cosine' if scheme == 'maskgit' else 'linear')
+        tokens, _ = iterative_decode(predict_logits_fn, tokens, mask, steps=min(steps, L), scheme=scheme,
+                                     schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     generator=generator)
+        return tokens
 
 
 def self_attention_mask(keep):
@@ -514,61 +517,59 @@ def build_model(config):
 
 # -----------------------------------------------------------------------------
 # iterative decoding, shared by every family that predicts a set of tokens in parallel (MaskGIT, 4M)
-# NOTE for the merge with branch issue4: a minimal version written for 4M; one sampler, several schemes.
+# NOTE for the merge with branch issue4: a minimal version written for 4M with the same signatures as issue4's
+# helpers (masking_schedule, reveal_counts, iterative_decode), so the merge keeps issue4's and drops these.
 
-def masking_schedule(step, num_steps, num_tokens, schedule='cosine'):
-    """How many of num_tokens are still unknown after decoding step `step` (0-based) of num_steps.
-    'cosine': MaskGIT's cos(pi/2 * t/T), few tokens first and many at the end; 'linear' (alias 'constant', 4M's
-    ROAR): the same number every step."""
-    r = (step + 1) / num_steps
-    if schedule == 'cosine':
-        return math.floor(num_tokens * math.cos(math.pi / 2 * r))
-    if schedule in ('linear', 'constant'):
-        return math.floor(num_tokens * (1 - r))
-    raise ValueError(f"unknown schedule {schedule!r}: choose cosine, linear or constant")
+def masking_schedule(name, t):
+    """Share of the unknown tokens still unknown at decoding progress t in [0, 1]. 'cosine' (MaskGIT): few tokens
+    first, many at the end; 'linear': the same number every step (4M's ROAR uses this constant schedule)."""
+    t = torch.as_tensor(t, dtype=torch.float64)
+    if name == 'cosine':
+        return torch.cos(0.5 * math.pi * t)
+    if name in ('linear', 'uniform'):
+        return 1.0 - t
+    raise ValueError(f"unknown masking schedule {name!r}: choose cosine, linear or uniform")
 
 
-def iterative_decode(logits_fn, tokens, known, scheme='maskgit', steps=8, temperature=1.0, top_k=None, top_p=None,
-                     schedule=None, choice_temperature=4.5, generator=None):
-    """Fill the unknown positions of tokens (B, L) in `steps` parallel steps.
+def reveal_counts(num_masked, steps, schedule='cosine'):
+    """num_masked (B,) -> (steps, B) tokens revealed per step: at least one per step while any remain, all by the
+    last step."""
+    num_masked = torch.as_tensor(num_masked, dtype=torch.long)
+    remaining, counts = num_masked.clone(), []
+    for s in range(steps):
+        left = torch.floor(num_masked.double() * masking_schedule(schedule, (s + 1) / steps)).long()
+        left = torch.minimum(left, (remaining - 1).clamp(min=0)) if s < steps - 1 else torch.zeros_like(left)
+        counts.append(remaining - left)
+        remaining = left
+    return torch.stack(counts)
 
-    logits_fn(tokens, known, query) -> logits (B, L, V), read only where query (B, L) is True: the model's
-    predictions for the query positions given the known tokens (finite values elsewhere, e.g. zeros). Every row must have the same number of unknown
-    positions (true for a batch decoded with one schedule).
-    scheme 'maskgit': predict every unknown position, sample, keep the most confident (sampled-token log-prob
-        plus Gumbel noise scaled by choice_temperature, annealed to 0), cosine schedule by default.
-    scheme 'roar': random order; only the positions revealed this step are queried (constant schedule).
-    Returns the completed tokens (B, L)."""
-    tokens, known = tokens.clone(), known.clone()
-    B, L = tokens.shape
-    num_unknown = int((~known[0]).sum())
-    assert bool(((~known).sum(dim=1) == num_unknown).all()), "every row needs the same number of unknown tokens"
-    if num_unknown == 0:
-        return tokens
-    schedule = schedule or ('cosine' if scheme == 'maskgit' else 'constant')
-    steps = max(1, min(steps, num_unknown))
-    for step in range(steps):
-        unknown_now = int((~known[0]).sum())
-        # at least one token per step, and none left after the last step
-        left = 0 if step == steps - 1 else max(0, min(masking_schedule(step, steps, num_unknown, schedule), unknown_now - 1))
-        n_reveal = unknown_now - left
-        if scheme == 'roar':
-            noise = torch.rand(B, L, generator=generator, device=tokens.device)
-            noise = noise.masked_fill(known, 2.0)  # known positions sort last
-            reveal = torch.zeros_like(known).scatter(1, noise.argsort(dim=1)[:, :n_reveal], True)
-            logits = logits_fn(tokens, known, reveal)
-            sampled = sample_logits(logits, temperature, top_k, top_p, generator)[..., 0]  # (B, L)
-        elif scheme == 'maskgit':
-            logits = logits_fn(tokens, known, ~known)
-            sampled = sample_logits(logits, temperature, top_k, top_p, generator)[..., 0]  # (B, L)
-            logp = logits.float().log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]  # (B, L)
-            u = torch.rand(B, L, generator=generator, device=tokens.device).clamp(1e-9, 1 - 1e-9)
-            gumbel = -torch.log(-torch.log(u))
-            confidence = logp + choice_temperature * (1 - step / steps) * gumbel
-            confidence = confidence.masked_fill(known, float('-inf'))
-            reveal = torch.zeros_like(known).scatter(1, confidence.argsort(dim=1, descending=True)[:, :n_reveal], True)
+
+@torch.no_grad()
+def iterative_decode(predict_logits_fn, tokens, mask, steps=8, scheme='maskgit', schedule='cosine',
+                     temperature=1.0, top_k=None, top_p=None, choice_temperature=4.5, generator=None):
+    """Fill the unknown positions (mask True) of tokens (B, L) in `steps` parallel steps.
+    predict_logits_fn(tokens, mask, cond_dropped) -> logits (B, L, V) for every position (read where mask is True).
+    Each step samples every unknown position and keeps the most confident, as many as reveal_counts says:
+      'maskgit'  confidence = log p(sampled) + choice_temperature * (1 - (s + 1) / steps) * Gumbel noise
+      'roar'     random order: the confidence is the Gumbel noise alone
+    Returns (tokens, mask) with mask all False."""
+    tokens, mask = tokens.clone(), mask.clone()
+    counts = reveal_counts(mask.sum(dim=1).cpu(), steps, schedule).to(tokens.device)  # (steps, B)
+    for s in range(steps):
+        logits = predict_logits_fn(tokens, mask, False).float()
+        sampled = sample_logits(logits, temperature, top_k, top_p, generator)[..., 0]  # (B, L)
+        u = torch.rand(sampled.shape, generator=generator, device=sampled.device).clamp(1e-20, 1 - 1e-7)
+        gumbel = -torch.log(-torch.log(u))
+        if scheme == 'maskgit':
+            log_p = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
+            confidence = log_p + choice_temperature * (1.0 - (s + 1) / steps) * gumbel
+        elif scheme == 'roar':
+            confidence = gumbel
         else:
-            raise ValueError(f"unknown decoding scheme {scheme!r}: choose maskgit or roar")
+            raise ValueError(f"unknown decoding scheme {scheme!r}: choose 'maskgit' or 'roar'")
+        confidence = confidence.masked_fill(~mask, float('-inf'))
+        rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
+        reveal = (rank < counts[s][:, None]) & mask
         tokens = torch.where(reveal, sampled, tokens)
-        known = known | reveal
-    return tokens
+        mask = mask & ~reveal
+    return tokens, mask

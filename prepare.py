@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -191,6 +192,9 @@ def prepare_clevr(args):
     val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, 'val', keep_raw=True)
     print(f"rendered in {time.time() - t0:.0f}s")
 
+    if args.rgb_tokenizer:  # a tokenizer trained elsewhere (e.g. python tokenizer.py --modality=rgb --grid=8)
+        os.makedirs(os.path.dirname(tok_path), exist_ok=True)
+        shutil.copyfile(args.rgb_tokenizer, tok_path)
     if os.path.exists(tok_path) and not args.retrain_tokenizer:
         print(f"reusing the rgb tokenizer {tok_path} (--retrain_tokenizer to train a new one)")
         model, tok_metrics = image_tokenizer.load_tokenizer(tok_path)
@@ -253,11 +257,12 @@ def main(argv=None):
     parser.add_argument('dataset', choices=sorted(DATASETS))
     parser.add_argument('--input', default=None, help='build from this local file instead of the canonical source')
     parser.add_argument('--name', default=None, help='write to data/<name>/ instead of data/<dataset>/')
-    parser.add_argument('--num_train', type=int, default=30000, help='clevr: training scenes')
+    parser.add_argument('--num_train', type=int, default=20000, help='clevr: training scenes')
     parser.add_argument('--num_val', type=int, default=1000, help='clevr: validation scenes (with raw ground truth)')
     parser.add_argument('--tokenizer_seconds', type=float, default=150, help='clevr: rgb tokenizer training time')
     parser.add_argument('--tokenizer_scenes', type=int, default=20000, help='clevr: scenes the rgb tokenizer sees')
     parser.add_argument('--retrain_tokenizer', action='store_true', help='clevr: train a new rgb tokenizer')
+    parser.add_argument('--rgb_tokenizer', default=None, help='clevr: use this trained rgb tokenizer file (8x8 grid)')
     args = parser.parse_args(argv)
     try:
         DATASETS[args.dataset](args)

@@ -142,18 +142,13 @@ def test_loss_is_mean_over_modalities_of_per_modality_means(synth):
 
 
 def test_iterative_decode_schemes_fill_everything():
-    from model import iterative_decode, masking_schedule
-    assert [masking_schedule(t, 4, 16, 'constant') for t in range(4)] == [12, 8, 4, 0]
-    calls = []
-
-    def logits_fn(tokens, known, query):
-        calls.append(int(query[0].sum()))
-        return torch.randn(tokens.size(0), tokens.size(1), 5)
+    from model import iterative_decode, reveal_counts
+    assert reveal_counts(torch.tensor([16]), 4, 'linear')[:, 0].tolist() == [4, 4, 4, 4]
+    assert reveal_counts(torch.tensor([3]), 8, 'cosine')[:, 0].sum() == 3
     for scheme in ('maskgit', 'roar'):
-        calls.clear()
-        out = iterative_decode(logits_fn, torch.full((2, 10), -1), torch.zeros(2, 10, dtype=torch.bool), scheme, steps=4)
-        assert (out >= 0).all() and len(calls) == 4
-    assert sum(calls) == 10  # roar queries only the positions it reveals
+        out, mask = iterative_decode(lambda tokens, mask, dropped: torch.randn(2, 10, 5), torch.full((2, 10), -1),
+                                     torch.ones(2, 10, dtype=torch.bool), steps=4, scheme=scheme)
+        assert (out >= 0).all() and not mask.any()
 
 
 def train_args(out, *extra):
@@ -173,12 +168,17 @@ def test_tiny_train_then_chain_is_deterministic(synth, data_root, tmp_path):
 
     def chain(*extra):
         return run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu', '--seed=7',
-                    '--num_samples=2', *extra], env_extra=env)
-    first = chain('--chain=caption->rgb->depth@scheme=roar,steps=4', '--sample_idx=3')
-    again = chain('--chain=caption->rgb->depth@scheme=roar,steps=4', '--sample_idx=3')
-    assert first.stdout == again.stdout  # same seed, same tokens
-    pngs = sorted(f for f in os.listdir(os.path.join(out, 'chain')) if f.endswith('.png'))
+                    '--num_samples=2', *extra], env_extra=env)  # a later --seed overrides this one
+    for name in ('first', 'again'):
+        chain('--chain=caption->rgb->depth@scheme=roar,steps=4', '--sample_idx=3', f'--chain_dir={out}/{name}')
+    pngs = sorted(f for f in os.listdir(os.path.join(out, 'first')) if f.endswith('.png'))
     assert len(pngs) == 2
+    for f in os.listdir(os.path.join(out, 'first')):  # same seed: the same tokens, pictures and text
+        assert open(os.path.join(out, 'first', f), 'rb').read() == open(os.path.join(out, 'again', f), 'rb').read()
+    different = chain('--chain=caption->rgb->depth@scheme=roar,steps=4', '--sample_idx=3', '--seed=8',
+                      f'--chain_dir={out}/other')
+    assert any(open(os.path.join(out, 'first', f), 'rb').read() != open(os.path.join(out, 'other', f), 'rb').read()
+               for f in pngs)
     user = chain('--chain=caption->rgb', '--caption=w1 w2 w3')
     assert 'w1 w2 w3' in user.stdout
     bad = run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu',
