@@ -316,12 +316,18 @@ class FourM(nn.Module):
         self.encoder = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.enc_norm = LayerNorm(C, config.bias)
         self.context_proj = nn.Linear(C, C, bias=config.bias)  # encoder output -> the decoder's context space
+        self.context_norm = LayerNorm(C, config.bias)
         n_dec = config.n_layer_dec or config.n_layer
         self.decoder = nn.ModuleList([Block(config, cross=True) for _ in range(n_dec)])
         self.dec_norm = LayerNorm(C, config.bias)
         self.head = nn.Linear(C, self.vocab_size, bias=False)
         init_weights(self, config.n_layer + n_dec)
         nn.init.zeros_(self.head.weight)  # start from uniform predictions per modality (as 4M does)
+        # sin-cos positions have RMS 1/sqrt(2): embeddings at GPT's 0.02 would be drowned 35:1 by them, and the
+        # model would sit on the per-position prior for a long time. Start token and modality embeddings at the
+        # positions' scale, as a patch projection would be in a ViT.
+        for emb in (self.tok_emb, self.enc_mod_emb, self.dec_mod_emb):
+            nn.init.normal_(emb.weight, std=1 / math.sqrt(2))
 
     def encode(self, enc_tokens, enc_pos, enc_mod, enc_pad):
         """Visible tokens (B, N_in) -> context for the decoder (B, N_in, C)."""
@@ -331,8 +337,12 @@ class FourM(nn.Module):
         mask = self_attention_mask(~enc_pad)  # (B, 1, N_in, N_in)
         for block in self.encoder:
             x = block(x, mask=mask)
-        # the decoder sees the encoder output again with positions and modalities, in its own space
-        return self.context_proj(self.enc_norm(x)) + self.pos_table[enc_mod, enc_pos] + self.dec_mod_emb(enc_mod)
+        # the decoder sees the encoder output again with positions and modalities, in its own space; normalised,
+        # since cross-attention projects keys from it directly: a small context (the projection starts at ~0.16
+        # RMS) gives near-uniform attention whose gradient is too weak to sharpen, and the decoder then ignores
+        # its inputs and predicts the per-position prior
+        context = self.context_proj(self.enc_norm(x)) + self.pos_table[enc_mod, enc_pos] + self.dec_mod_emb(enc_mod)
+        return self.context_norm(context)
 
     def decode(self, context, enc_pad, dec_pos, dec_mod, dec_pad):
         """Target queries (B, N_tgt) cross-attending to the context -> logits (B, N_tgt, V), -inf outside each
