@@ -221,22 +221,6 @@ class ImageTokenData:
         return {'tokens': tokens, 'mask': mask[mine], 'cond': labels[:, None]}
 
 
-def load_data(dataset, model_type, block_size, options=None):
-    """The batch maker for a dataset and model family: an object with
-    .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
-    the model's forward() arguments, and .model_args, the ModelConfig fields the data fixes. `options` is
-    the training config; image batch makers read mask_schedule and cond_drop from it."""
-    options = options or {}
-    kind = load_meta(dataset).get('kind')
-    if kind == 'image' and model_type in ('gpt', 'maskgit'):
-        return ImageTokenData(dataset, model_type, options.get('mask_schedule', 'cosine'), options.get('cond_drop', 0.1))
-    if model_type in ('gpt', 'lstm', 'kgram_mlp'):  # the causal families share text windows
-        return TextData(dataset, block_size)
-    raise DataError(f"no batch maker for model_type {model_type!r} on {kind!r} data")
-
-# -----------------------------------------------------------------------------
-# token grids -> images -> PNG
-
 @functools.lru_cache(maxsize=8)
 def image_tokenizer(path):
     """A trained tokenizer.py model, loaded once per process."""
@@ -274,3 +258,319 @@ def save_image_grid(path, images, per_row, scale=2, pad=2):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path)
     return path
+
+
+class FourMData:
+    """Input and target token sets for the 4m family, from a multimodal dataset written by prepare.py
+    (data/<name>/<split>/<modality>.npy: one row of tokens per scene, rows aligned across modalities).
+
+    Per sample (4M's multimodal masking): an input budget and a target budget, each uniform in its config range
+    (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by a
+    Dirichlet(alpha) draw, alpha picked from a mixture; then every modality's positions are shuffled and the
+    first ones become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to
+    the largest budgets so their shapes never change (torch.compile, DDP)."""
+
+    def __init__(self, dataset, config):
+        self.meta = load_meta(dataset)
+        if self.meta.get('kind') != 'multimodal':
+            raise DataError(f"dataset {dataset!r} holds {self.meta.get('kind')!r} data: model_type='4m' needs a "
+                            f"multimodal dataset, e.g. --dataset=clevr (python prepare.py clevr)")
+        available = list(self.meta['modalities'])
+        names = list(config.get('train_modalities') or available)
+        unknown = [n for n in names if n not in available]
+        if unknown:
+            raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}")
+        self.names = names
+        self.specs = [dict(name=n, **{k: self.meta['modalities'][n][k] for k in ('kind', 'vocab_size', 'num_tokens', 'grid')})
+                      for n in names]  # what the model needs to know of each modality
+        self.num_tokens = np.array([s['num_tokens'] for s in self.specs])
+        self.first = np.concatenate([[0], np.cumsum(self.num_tokens)[:-1]])  # column of each modality in a scene row
+        total = int(self.num_tokens.sum())
+        self.input_budget = budget_range(config.get('input_budget', (1, 128)), total, 'input_budget')
+        self.target_budget = budget_range(config.get('target_budget', (1, 128)), total, 'target_budget')
+        self.alphas = []  # mixture components, each an alpha per modality
+        for a in config.get('dirichlet_alphas', (1.0,)):
+            a = np.full(len(names), float(a)) if np.isscalar(a) else np.asarray(a, dtype=np.float64)
+            if a.shape != (len(names),) or (a < 0).any():
+                raise DataError(f"dirichlet_alphas: each entry is one alpha >= 0 or one per modality {names}, not {a}")
+            self.alphas.append(a)
+        self.dir = dataset_dir(dataset)
+        self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
+        # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
+        self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets,
+                           'vocab_size': sum(s['vocab_size'] for s in self.specs)}  # the shared id space
+
+    def tokens(self, split):
+        """{modality: (num_scenes, num_tokens) int array}, memory-mapped."""
+        return {n: np.load(os.path.join(self.dir, split, f'{n}.npy'), mmap_mode='r') for n in self.names}
+
+    def draw_masks(self, batch_size, rng):
+        """Per sample, which positions are inputs and which targets: two (batch_size, n) arrays of column
+        indices into a scene row (all modalities side by side), -1 on padding, and their modality ids."""
+        inputs = np.full((batch_size, self.n_inputs), -1)
+        targets = np.full((batch_size, self.n_targets), -1)
+        for b in range(batch_size):
+            n_in = rng.integers(self.input_budget[0], self.input_budget[1] + 1)
+            n_tgt = rng.integers(self.target_budget[0], self.target_budget[1] + 1)
+            alpha = self.alphas[rng.integers(len(self.alphas))]
+            in_counts = split_budget(n_in, dirichlet(alpha, rng), self.num_tokens * (alpha > 0), rng)
+            tgt_counts = split_budget(n_tgt, dirichlet(alpha, rng), (self.num_tokens - in_counts) * (alpha > 0), rng)
+            cols_in, cols_tgt = [], []
+            for m in range(len(self.names)):
+                order = self.first[m] + rng.permutation(self.num_tokens[m])
+                cols_in.append(order[:in_counts[m]])
+                cols_tgt.append(order[in_counts[m]:in_counts[m] + tgt_counts[m]])
+            cols_in, cols_tgt = np.concatenate(cols_in), np.concatenate(cols_tgt)
+            inputs[b, :len(cols_in)] = cols_in
+            targets[b, :len(cols_tgt)] = cols_tgt
+        return inputs, targets
+
+    def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
+        tokens = self.tokens(split)
+        num_scenes = len(tokens[self.names[0]])
+        rows = global_draw(torch.randint, num_scenes, batch_size, generator, rank, world_size)
+        # the masks are drawn for the global batch too (numpy, seeded from the shared generator), then sliced
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
+        inputs, targets = self.draw_masks(batch_size * world_size, rng)
+        inputs, targets = (a[rank * batch_size:(rank + 1) * batch_size] for a in (inputs, targets))
+        scene = np.concatenate([np.asarray(tokens[n][rows]) for n in self.names], axis=1)  # (b, all modalities)
+        return {**self.columns_to_batch(scene, inputs, 'enc'), **self.columns_to_batch(scene, targets, 'dec', targets=True)}
+
+    def columns_to_batch(self, scene, cols, prefix, targets=False):
+        """Scene rows (b, total) and column indices (b, n) with -1 as padding -> the model's tensors."""
+        pad = cols < 0
+        cols = np.where(pad, 0, cols)
+        mod = np.searchsorted(self.first, cols, side='right') - 1  # modality owning each column
+        batch = {f'{prefix}_pos': cols - self.first[mod], f'{prefix}_mod': mod, f'{prefix}_pad': pad}
+        tok = np.take_along_axis(scene, cols, axis=1).astype(np.int64)
+        if targets:
+            batch['targets'] = np.where(pad, -1, tok)
+        else:
+            batch[f'{prefix}_tokens'] = np.where(pad, 0, tok)
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bool if k.endswith('_pad') else torch.long)
+                for k, v in batch.items()}
+
+
+def budget_range(value, total, name):
+    lo, hi = (value, value) if np.isscalar(value) else tuple(value)
+    if not 0 <= lo <= hi or hi < 1:
+        raise DataError(f"{name} must be (min, max) with 0 <= min <= max and max >= 1, not {value!r}")
+    return int(min(lo, total)), int(min(hi, total))
+
+
+def dirichlet(alpha, rng):
+    """A Dirichlet(alpha) draw, stable for tiny alphas: normalised Gamma(alpha) draws, computed in log space as
+    Gamma(alpha + 1) * U^(1/alpha) (a tiny alpha then gives one modality nearly everything, as it should, where
+    plain gamma draws underflow to 0). alpha 0: that modality gets weight 0."""
+    weights = np.zeros(len(alpha))
+    on = alpha > 0
+    if on.any():
+        a = alpha[on]
+        log_g = np.log(rng.gamma(a + 1.0)) + np.log(rng.random(len(a))) / a
+        weights[on] = np.exp(log_g - log_g.max())
+        weights /= weights.sum()
+    return weights
+
+
+def split_budget(budget, weights, available, rng):
+    """Split `budget` tokens across modalities in proportion to weights, at most available[m] each; what a full
+    modality cannot take goes to the others, still in proportion to their weights (a modality with no
+    available tokens takes nothing). Rounding leftovers go one at a time to a modality drawn by weight."""
+    available = np.asarray(available, dtype=np.int64)
+    counts = np.zeros(len(available), dtype=np.int64)
+    budget = min(int(budget), int(available.sum()))
+    while counts.sum() < budget:
+        room = available - counts
+        w = weights * (room > 0)
+        if w.sum() <= 0:  # every weighted modality is full: spill evenly over the rest
+            w = (room > 0).astype(np.float64)
+        w = w / w.sum()
+        left = budget - counts.sum()
+        share = np.minimum(np.floor(left * w).astype(np.int64), room)
+        if share.sum() == 0:
+            share[rng.choice(len(w), p=w)] = 1
+        counts += share
+    return counts
+
+
+# -----------------------------------------------------------------------------
+# multimodal tokens <-> images and text. Each modality in meta.json names its codec:
+#   'fsq'         a learned image tokenizer (tokenizer.py), file in 'tokenizer'
+#   'depth_bins'  depth per cell, median-pooled, in 'vocab_size' log-spaced bins over 'depth_range'
+#   'classes'     a label per cell (majority class); shown with a palette
+#   'normal_bins' the cell's mean normal, nearest of 'vocab_size' - 1 fixed directions (token 0 = no surface)
+#   'words'       a sequence of word ids ('words' lists them; '<pad>' and '<eos>' among them)
+# Network-free codecs are plain numpy so prepare.py, sample.py and eval.py share them.
+
+def pool_cells(x, grid):
+    """(N, H, W, ...) -> (N, gh, gw, cell_h * cell_w, ...): the pixels of each token cell."""
+    N, H, W = x.shape[:3]
+    gh, gw = grid
+    rest = x.shape[3:]
+    x = x.reshape(N, gh, H // gh, gw, W // gw, *rest).swapaxes(2, 3)
+    return x.reshape(N, gh, gw, (H // gh) * (W // gw), *rest)
+
+
+def depth_to_tokens(depth, grid, vocab_size, depth_range):
+    """(N, H, W) depth -> (N, gh*gw) bin ids: the median depth of each cell (a mean would blend the sky into
+    object cells), binned in log space. The sky sits at the far end of the range."""
+    lo, hi = depth_range
+    d = np.median(pool_cells(np.clip(depth, lo, hi), grid), axis=3)  # (N, gh, gw)
+    t = (np.log(d) - np.log(lo)) / (np.log(hi) - np.log(lo)) * vocab_size
+    return np.clip(t.astype(np.int64), 0, vocab_size - 1).reshape(len(depth), -1)
+
+
+def tokens_to_depth(tokens, grid, vocab_size, depth_range, size):
+    """(N, gh*gw) bin ids -> (N, size, size) depth at the bins' log-space centres, nearest-upsampled."""
+    lo, hi = depth_range
+    d = np.exp(np.log(lo) + (np.asarray(tokens) + 0.5) / vocab_size * (np.log(hi) - np.log(lo)))
+    return upsample_grid(d.reshape(len(d), *grid), size)
+
+
+def upsample_grid(x, size):
+    """(N, gh, gw, ...) -> (N, size, size, ...) by repeating each cell."""
+    return x.repeat(size // x.shape[1], axis=1).repeat(size // x.shape[2], axis=2)
+
+
+def classes_to_tokens(labels, grid, num_classes):
+    """(N, H, W) int labels -> (N, gh*gw): the majority label per cell (ties to the lower class)."""
+    cells = pool_cells(labels, grid)  # (N, gh, gw, P)
+    counts = np.stack([(cells == c).sum(-1) for c in range(num_classes)], -1)
+    return counts.argmax(-1).reshape(len(labels), -1)
+
+
+def normal_directions(n):
+    """n roughly evenly spread unit vectors (a Fibonacci sphere)."""
+    i = np.arange(n) + 0.5
+    z = 1 - 2 * i / n
+    r = np.sqrt(1 - z ** 2)
+    phi = np.pi * (3 - np.sqrt(5)) * i
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
+
+
+def normals_to_tokens(normals, grid, vocab_size):
+    """(N, H, W, 3) unit normals (0 where no surface) -> (N, gh*gw): 0 for a cell mostly without surface, else
+    1 + the nearest of vocab_size - 1 fixed directions to the cell's mean normal."""
+    cells = pool_cells(normals, grid)  # (N, gh, gw, P, 3)
+    surface = np.abs(cells).sum(-1) > 0
+    mean = cells.sum(3)
+    dirs = normal_directions(vocab_size - 1)
+    tok = 1 + (mean @ dirs.T).argmax(-1)
+    return np.where(surface.mean(-1) >= 0.5, tok, 0).reshape(len(normals), -1)
+
+
+def tokens_to_normals(tokens, grid, vocab_size, size):
+    dirs = np.concatenate([np.zeros((1, 3)), normal_directions(vocab_size - 1)])
+    return upsample_grid(dirs[np.asarray(tokens)].reshape(len(tokens), *grid, 3), size)
+
+
+SEMSEG_PALETTE = np.array([[40, 40, 40], [230, 90, 60], [70, 160, 230], [240, 200, 60], [120, 200, 90],
+                           [200, 100, 220], [150, 150, 150], [255, 255, 255]], dtype=np.uint8)
+
+
+def encode_words(spec, text):
+    """Text -> (num_tokens,) word ids, <eos> after the last word, <pad> after it; unknown words are an error."""
+    words, ids = spec['words'], {w: i for i, w in enumerate(spec['words'])}
+    unknown = [w for w in text.split() if w not in ids]
+    if unknown:
+        raise ValueError(f"unknown word(s) {', '.join(repr(w) for w in unknown)}: the caption vocabulary is "
+                         f"{' '.join(w for w in words if not w.startswith('<'))}")
+    tokens = [ids[w] for w in text.split()] + [ids['<eos>']]
+    if len(tokens) > spec['num_tokens']:
+        raise ValueError(f"the caption has {len(tokens) - 1} words; at most {spec['num_tokens'] - 1} fit")
+    return np.array(tokens + [ids['<pad>']] * (spec['num_tokens'] - len(tokens)))
+
+
+def decode_words(spec, ids):
+    """Word ids -> text, up to the first <eos>, without <pad>."""
+    out = []
+    for i in np.asarray(ids).tolist():
+        w = spec['words'][i]
+        if w == '<eos>':
+            break
+        if w != '<pad>':
+            out.append(w)
+    return ' '.join(out)
+
+
+class TokenDecoder:
+    """Tokens of any image modality -> what they mean: decode() gives values (depth in scene units, unit normals,
+    class labels, rgb in [0, 1]); to_rgb() gives a uint8 picture (N, size, size, 3) for PNGs."""
+
+    def __init__(self, dataset, meta):
+        self.dir, self.meta = dataset_dir(dataset), meta
+        self.size = meta.get('resolution', 64)
+        self._tokenizers = {}
+
+    def decode(self, name, tokens):
+        spec = self.meta['modalities'][name]
+        grid, V, codec = tuple(spec['grid']), spec['vocab_size'], spec.get('codec')
+        tokens = np.asarray(tokens)
+        if codec == 'depth_bins':
+            return tokens_to_depth(tokens, grid, V, spec['depth_range'], self.size)
+        if codec == 'normal_bins':
+            return tokens_to_normals(tokens, grid, V, self.size)
+        if codec == 'classes':
+            return upsample_grid(tokens.reshape(len(tokens), *grid), self.size)
+        if codec == 'fsq':
+            if name not in self._tokenizers:
+                from tokenizer import load_tokenizer
+                self._tokenizers[name] = load_tokenizer(os.path.join(self.dir, spec['tokenizer']))[0].eval()
+            with torch.no_grad():
+                images = self._tokenizers[name].decode(torch.from_numpy(tokens.reshape(len(tokens), *grid)).long())
+            return images.float().clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+        return upsample_grid(tokens.reshape(len(tokens), *grid), self.size)  # unknown codec: the raw token grid
+
+    def to_rgb(self, name, tokens):
+        spec = self.meta['modalities'][name]
+        x = self.decode(name, tokens)
+        return values_to_rgb(spec.get('codec'), x, spec)
+
+    def to_rgb_values(self, name, values):
+        """Ground-truth values (e.g. raw depth) -> a picture, coloured the same way as decoded tokens."""
+        return values_to_rgb(self.meta['modalities'][name].get('codec'), values, self.meta['modalities'][name])
+
+
+def values_to_rgb(codec, x, spec):
+    if codec == 'depth_bins':
+        lo, hi = spec['depth_range']
+        t = 1 - (np.log(np.clip(x, lo, hi)) - np.log(lo)) / (np.log(hi) - np.log(lo))  # near = bright
+        return (np.stack([t, t ** 2, 0.3 + 0.4 * t], -1) * 255).astype(np.uint8)
+    if codec == 'normal_bins':
+        return ((np.asarray(x) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    if codec == 'fsq' or (np.asarray(x).ndim == 4 and x.shape[-1] == 3 and np.asarray(x).dtype != np.uint8):
+        return (np.asarray(x) * 255).round().clip(0, 255).astype(np.uint8)
+    if codec == 'classes':
+        return SEMSEG_PALETTE[np.asarray(x) % len(SEMSEG_PALETTE)]
+    x = np.asarray(x)
+    if x.ndim == 4:
+        return x.astype(np.uint8)
+    t = x / max(1, spec['vocab_size'] - 1)  # unknown codec: token ids as grey levels
+    return (np.stack([t, t, t], -1) * 255).astype(np.uint8)
+
+
+def load_tokens(dataset, split):
+    """{modality: (num_scenes, num_tokens) int64} of a multimodal split, read whole."""
+    meta = load_meta(dataset)
+    return {n: np.load(os.path.join(dataset_dir(dataset), split, f'{n}.npy')).astype(np.int64)
+            for n in meta['modalities']}
+
+# -----------------------------------------------------------------------------
+
+def load_data(dataset, model_type, block_size, options=None):
+    """The batch maker for a dataset and model family: an object with
+    .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
+    the model's forward() arguments, and .model_args, the ModelConfig fields the data fixes. `options` is
+    the training config; image batch makers read mask_schedule and cond_drop from it."""
+    options = options or {}
+    kind = load_meta(dataset).get('kind')
+    if kind == 'image' and model_type in ('gpt', 'maskgit'):
+        return ImageTokenData(dataset, model_type, options.get('mask_schedule', 'cosine'), options.get('cond_drop', 0.1))
+    if model_type in ('gpt', 'lstm', 'kgram_mlp'):  # the causal families share text windows
+        return TextData(dataset, block_size)
+    if model_type == '4m':
+        return FourMData(dataset, options)
+    raise DataError(f"no batch maker for model_type {model_type!r} on {kind!r} data")
+
+# -----------------------------------------------------------------------------
+# token grids -> images -> PNG

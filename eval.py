@@ -15,7 +15,15 @@ accuracy), saved as data/<dataset>/classifier.pt and loadable with torch.load(we
   images/s   generation throughput at the table's batch (all classes at once), tokens -> pixels excluded
 Reference rows: real validation images (the floor FD can reach) and the test images' own tokens decoded by the
 tokenizer (the 'tokenizer bound': what any generator over these tokens can reach at best).
+
+    python eval.py --mode=4m --out_dir=out-nano4m-cpu   # one-pass rgb->semseg mIoU and rgb->depth abs-rel
+
+4m: on the val scenes (>= 500), every rgb token is the input and one pass of the decoder predicts all semseg
+(or depth) tokens; predictions are decoded to full resolution and scored against the rendered ground truth,
+next to the per-position prior (the most common token of each cell in the train split: what a model that
+ignores the input gets) and the token-grid bound (the val tokens themselves: the best the 8x8 tokens allow).
 """
+import json
 import os
 import sys
 import time
@@ -26,10 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from configurator import ConfigError, configure
-from data import DataError, dataset_dir, decode_image_tokens, load_meta
+from data import DataError, TokenDecoder, dataset_dir, decode_image_tokens, load_meta, load_tokens
 
 # -----------------------------------------------------------------------------
-mode = 'table'              # 'table' | 'speed' | 'classifier'
+mode = 'table'              # 'table' | 'speed' | 'classifier' (Fashion-MNIST) | '4m' (clevr, any-to-any)
 dataset = 'fashion_mnist'
 maskgit_dir = ''            # out_dir of a maskgit run ('' skips its rows)
 gpt_dir = ''                # out_dir of a gpt run on the same data
@@ -43,6 +51,9 @@ cfg_scale = 2.0             # the guided columns; 1.0 is the plain conditional m
 classifier_epochs = 5
 speed_batch = 256           # the 'large batch' of the speed table on the dataset's grid (same tokens on the other)
 speed_grid = 16             # the second grid of the speed table (random weights, same model shape)
+out_dir = ''                # --mode=4m: the 4m run to score
+num_scenes = 1000           # --mode=4m: val scenes scored
+json_out = ''               # --mode=4m: also write the figures to this file
 seed = 1337
 device = 'cpu'
 # -----------------------------------------------------------------------------
@@ -256,6 +267,79 @@ def speed():
                   flush=True)
 
 
+# -----------------------------------------------------------------------------
+# 4m: any-to-any from rgb
+
+
+def per_position_prior(train_tokens, vocab_size, median=False):
+    """(N, L) train tokens -> (L,) the most common token per position, or the median (ordered bins, e.g. depth)."""
+    if median:
+        return np.median(train_tokens, axis=0).round().astype(np.int64)
+    counts = np.stack([(train_tokens == v).sum(0) for v in range(vocab_size)])  # (V, L)
+    return counts.argmax(0)
+
+
+def median_bin(probs):
+    """(..., V) probabilities over ordered bins -> (...,) the median bin: the point estimate with the least
+    expected absolute error, which suits abs-rel better than the most likely bin."""
+    return (probs.cumsum(-1) < 0.5).sum(-1).clamp(max=probs.size(-1) - 1)
+
+
+@torch.no_grad()
+def predict_from(model, inputs, target, batch_size=250, ordered=False):
+    """One pass per batch: {name: (N, L) tokens} -> (N, L_target) predicted tokens of `target`."""
+    n = len(next(iter(inputs.values())))
+    out = []
+    for i in range(0, n, batch_size):
+        batch = {k: torch.from_numpy(v[i:i + batch_size]).long() for k, v in inputs.items()}
+        logits = model.predict(batch, target).float()  # (B, L, V)
+        out.append((median_bin(logits.softmax(-1)) if ordered else logits.argmax(-1)).numpy())
+    return np.concatenate(out)
+
+
+def fourm_any_to_any_from_rgb(model, dataset, num_scenes=1000, batch_size=250):
+    """rgb -> semseg pixel mIoU and rgb -> depth pixel abs-rel (sky excluded) on num_scenes val scenes, each as
+    (model, per-position prior, token-grid bound). Returns a dict of floats."""
+    from tokenizer import depth_abs_rel, miou
+    meta = load_meta(dataset)
+    specs = meta['modalities']
+    val, train = load_tokens(dataset, 'val'), load_tokens(dataset, 'train')
+    n = min(num_scenes, len(val['rgb']))
+    folder = dataset_dir(dataset)
+    raw = {k: np.load(f'{folder}/val/raw_{k}.npy')[:n] for k in ('semseg', 'depth', 'depth_valid')}
+    decoder = TokenDecoder(dataset, meta)
+    inputs = {'rgb': val['rgb'][:n]}
+    results = {'scenes': n}
+
+    num_classes = specs['semseg']['vocab_size']
+    candidates = {
+        'model': predict_from(model, inputs, 'semseg', batch_size),
+        'prior': np.tile(per_position_prior(train['semseg'], num_classes), (n, 1)),
+        'bound': val['semseg'][:n],
+    }
+    for k, tokens in candidates.items():
+        results[f'semseg_miou_{k}'] = miou(decoder.decode('semseg', tokens), raw['semseg'], num_classes)
+
+    candidates = {
+        'model': predict_from(model, inputs, 'depth', batch_size, ordered=True),
+        'prior': np.tile(per_position_prior(train['depth'], specs['depth']['vocab_size'], median=True), (n, 1)),
+        'bound': val['depth'][:n],
+    }
+    for k, tokens in candidates.items():
+        results[f'depth_abs_rel_{k}'] = depth_abs_rel(decoder.decode('depth', tokens), raw['depth'], raw['depth_valid'])
+    return results
+
+
+def print_fourm_table(r):
+    print(f"one pass from all rgb tokens, {r['scenes']} val scenes    model   per-position prior   token-grid bound")
+    print(f"rgb -> semseg pixel mIoU (higher is better)      {r['semseg_miou_model']:.3f}   "
+          f"{r['semseg_miou_prior']:.3f}                {r['semseg_miou_bound']:.3f}")
+    print(f"rgb -> depth pixel abs-rel, sky excluded (lower)  {r['depth_abs_rel_model']:.3f}   "
+          f"{r['depth_abs_rel_prior']:.3f}                {r['depth_abs_rel_bound']:.3f}")
+
+# -----------------------------------------------------------------------------
+
+
 def main():
     try:
         configure(globals())
@@ -269,9 +353,17 @@ def main():
             table()
         elif mode == 'speed':
             speed()
+        elif mode == '4m':
+            from sample import load_model
+            model, checkpoint = load_model(out_dir, ckpt, 'cpu')
+            results = fourm_any_to_any_from_rgb(model, checkpoint['config']['dataset'], num_scenes)
+            print_fourm_table(results)
+            if json_out:
+                with open(json_out, 'w') as f:
+                    json.dump(results, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose table, speed or classifier")
-    except (DataError, FileNotFoundError) as e:
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose table, speed, classifier or 4m")
+    except (DataError, FileNotFoundError, KeyError) as e:
         sys.exit(f"eval.py: {e}")
 
 

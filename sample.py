@@ -12,19 +12,34 @@ Images are decoded with the dataset's tokenizer and written as one PNG grid, one
     python sample.py --out_dir=out-fashion-mnist-maskgit-cpu --mode=maskgit --steps=8 --cfg_scale=2.0
     python sample.py --out_dir=out-fashion-mnist-maskgit-cpu --mode=maskgit --scheme=roar --return_history=True
     python sample.py --out_dir=out-fashion-mnist-gpt-cpu --mode=ar --cfg_scale=2.0
+
+--mode=chain: chained any-to-any generation (4m family). Each generated modality joins the inputs of the next step:
+
+    python sample.py --mode=chain --out_dir=out-nano4m-cpu --chain="caption->semseg->depth->rgb" --sample_idx=3
+    python sample.py --mode=chain --out_dir=out-nano4m-cpu --chain="caption->semseg->rgb" \
+        --caption="a large red metal cube in the middle left"
+    python sample.py --mode=chain --out_dir=... --chain="rgb->depth@scheme=maskgit,steps=1,temperature=0->normals"
+
+The first element lists the condition (modalities joined by '+'), taken from val scene --sample_idx (and the
+next --num_samples - 1 scenes) or, for a caption, from --caption. Every later element is one generated modality,
+optionally with its own settings after '@': scheme (maskgit | roar), steps, temperature, top_k, top_p; the
+defaults come from the flags of the same names. Writes one PNG per sample (condition, each generated modality,
+and the ground truth below it for a val scene) and the generated text under out_dir/chain/.
 """
 import os
 import sys
 import time
 
+import numpy as np
 import torch
 
 from configurator import ConfigError, configure
-from data import DataError, decode_image_tokens, load_meta, save_image_grid, text_tokenizer
+from data import (DataError, TokenDecoder, decode_image_tokens, decode_words, encode_words, load_meta, load_tokens,
+                  save_image_grid, text_tokenizer)
 from model import ModelConfig, autoregressive_decode, build_model, iterative_decode
 
 # -----------------------------------------------------------------------------
-mode = 'ar'                 # 'ar' (gpt family) | 'maskgit' (maskgit family)
+mode = 'ar'                 # 'ar' (gpt, lstm, kgram_mlp) | 'maskgit' (maskgit) | 'chain' (4m)
 init_from = 'resume'        # 'resume' (out_dir/<ckpt>.pt) or 'scratch' (an untrained model, for smoke tests)
 out_dir = 'out'
 ckpt = 'ckpt'               # 'ckpt' (latest) or 'best'
@@ -42,13 +57,18 @@ dtype = 'float32'           # decoding one token at a time is launch/memory boun
                             # slower on an H100 (torch 2.11, batch 1: 53 vs 2.5 ms/token) and gain nothing here
 compile = False
 # images (both modes): num_samples per class, one row per class
-steps = 8                   # maskgit: decoding steps
-scheme = 'maskgit'          # maskgit: 'maskgit' (confidence) | 'roar' (random order)
+steps = 8                   # maskgit and chain (per-step default): decoding steps
+scheme = 'maskgit'          # maskgit and chain (per-step default): 'maskgit' (confidence) | 'roar' (random order)
 schedule = 'cosine'         # maskgit: how many tokens stay masked after each step
 choice_temperature = 4.5    # maskgit: Gumbel noise on the confidence, annealed to 0 over the steps
 cfg_scale = 1.0             # classifier-free guidance: 1 = plain conditional, 0 = unconditional, > 1 guided
 return_history = False      # maskgit: also save the decoding process as an image strip
 image_out = ''              # the PNG; '' writes out_dir/samples_<mode>.png
+# --mode=chain (4m)
+chain = 'caption->semseg->depth->rgb'  # condition(s) '->' generated modalities, each optionally '@key=value,...'
+sample_idx = 0              # first val scene to condition on (and to show as ground truth)
+caption = ''                # condition on this text instead of a val scene's caption
+chain_dir = ''              # where PNGs and text go; '' = out_dir/chain
 # -----------------------------------------------------------------------------
 _config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 
@@ -159,13 +179,19 @@ def main():
         model = torch.compile(model)
 
     family = model.config.model_type if not compile else model._orig_mod.config.model_type
-    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',)}
+    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',), 'chain': ('4m',)}
     if mode not in modes:
-        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp) or maskgit (maskgit family)")
+        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp), maskgit (maskgit) or chain (4m)")
     if family not in modes[mode]:
         other = [m for m, families in modes.items() if family in families]
         sys.exit(f"sample.py: --mode={mode} needs a {' or '.join(modes[mode])} model, but {out_dir} holds a {family} "
                  f"model: use --mode={other[0] if other else '?'}")
+    if mode == 'chain':
+        try:
+            run_chain(model, dataset, meta, generator, device_name)
+        except ValueError as e:
+            sys.exit(f"sample.py: {e}")
+        return
     if meta.get('kind') == 'image':
         with torch.no_grad():
             sample_images(model, dataset, meta, device_name, generator)
@@ -194,6 +220,134 @@ def main():
             dt = time.time() - t0
             print(tok.decode(y[0].tolist()))
             print(f'--------------- ({y.size(1) - x.size(1)} tokens in {dt:.2f}s, kv_cache={kv_cache})')
+
+
+# -----------------------------------------------------------------------------
+# chained generation (4m)
+
+STEP_KEYS = {'scheme': str, 'steps': int, 'temperature': float, 'top_k': int, 'top_p': float}
+
+
+def parse_chain(text, defaults):
+    """'caption->semseg@steps=4,temperature=0.5->rgb' -> (['caption'], [{'target': 'semseg', 'steps': 4, ...}, ...])."""
+    parts = [p.strip() for p in text.split('->')]
+    if len(parts) < 2 or not all(parts):
+        raise ValueError(f"--chain={text!r}: write condition->target->target..., e.g. caption->semseg->rgb")
+    conditions = [c.strip() for c in parts[0].split('+')]
+    plan = []
+    for part in parts[1:]:
+        target, _, options = part.partition('@')
+        step = dict(defaults, target=target.strip())
+        for item in filter(None, options.split(',')):
+            key, _, value = item.partition('=')
+            if key not in STEP_KEYS:
+                raise ValueError(f"--chain: unknown step option {key!r} in {part!r}; use {', '.join(STEP_KEYS)}")
+            step[key] = STEP_KEYS[key](value)
+        plan.append(step)
+    return conditions, plan
+
+
+def text_panel(text, width, height):
+    from PIL import Image, ImageDraw
+    img = Image.new('RGB', (width, height), (255, 255, 255))
+    draw, lines, line = ImageDraw.Draw(img), [], ''
+    for word in text.split():  # greedy wrap at ~width / 6 characters (the default bitmap font)
+        if len(line) + len(word) + 1 > width // 6:
+            lines.append(line)
+            line = ''
+        line = f'{line} {word}'.strip()
+    lines.append(line)
+    draw.multiline_text((4, 4), '\n'.join(lines), fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def chain_figure(columns, scale=2):
+    """columns: list of (title, top panel, bottom panel or None) -> one uint8 picture with titles."""
+    from PIL import Image, ImageDraw
+    size = 64 * scale
+    title_h = 14
+    rows = 1 + any(bottom is not None for _, _, bottom in columns)
+    canvas = Image.new('RGB', (len(columns) * (size + 4), title_h + rows * (size + 4)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, (title, top, bottom) in enumerate(columns):
+        x = c * (size + 4)
+        draw.text((x + 2, 1), title, fill=(0, 0, 0))
+        for r, panel in enumerate((top, bottom)):
+            if panel is not None:
+                panel = Image.fromarray(panel).resize((size, size), Image.NEAREST)
+                canvas.paste(panel, (x, title_h + r * (size + 4)))
+    return canvas
+
+
+def run_chain(model, dataset, meta, generator, device_name):
+    specs = meta['modalities']
+    defaults = {'scheme': scheme, 'steps': steps, 'temperature': temperature, 'top_k': top_k, 'top_p': top_p}
+    conditions, plan = parse_chain(chain, defaults)
+    for name in conditions + [s['target'] for s in plan]:
+        model.modality_id(name)  # raises with the list of known modalities
+    decoder = TokenDecoder(dataset, meta)
+    truth = None
+    if caption:
+        if len(conditions) != 1 or 'words' not in specs[conditions[0]]:
+            raise ValueError(f"--caption conditions on a text modality alone: start the chain with it, e.g. "
+                             f"--chain=caption->{plan[0]['target']}")
+        cap_name = conditions[0]
+        inputs = {cap_name: torch.from_numpy(encode_words(specs[cap_name], caption))[None].expand(num_samples, -1)}
+    else:
+        val = load_tokens(dataset, 'val')
+        n_val = len(next(iter(val.values())))
+        if not 0 <= sample_idx <= n_val - num_samples:
+            raise ValueError(f"--sample_idx={sample_idx}: the val split has {n_val} scenes")
+        rows = slice(sample_idx, sample_idx + num_samples)
+        truth = {n: torch.from_numpy(val[n][rows]) for n in val}
+        inputs = {n: truth[n] for n in conditions}
+    inputs = {n: x.to(device_name).long() for n, x in inputs.items()}
+    generated = {}
+    for step in plan:
+        t0 = time.time()
+        tokens = model.generate(inputs, step['target'], scheme=step['scheme'], steps=step['steps'],
+                                temperature=step['temperature'], top_k=step['top_k'] or None,
+                                top_p=step['top_p'] if step['top_p'] < 1.0 else None, generator=generator)
+        generated[step['target']] = tokens
+        inputs = {**inputs, step['target']: tokens}  # the next step sees what this one made
+        print(f"{step['target']}: {step['scheme']} {step['steps']} steps, temperature {step['temperature']} "
+              f"({time.time() - t0:.2f}s)")
+
+    def panel(name, tokens):
+        if 'words' in specs[name]:
+            return text_panel(decode_words(specs[name], tokens), 64 * 2, 64 * 2)
+        return decoder.to_rgb(name, tokens[None])[0]
+
+    folder = chain_dir or os.path.join(out_dir, 'chain')
+    os.makedirs(folder, exist_ok=True)
+    stem = chain.split('@')[0].replace('->', '-').replace('+', '_') if '@' not in chain else \
+        '-'.join([conditions[0]] + [s['target'] for s in plan])
+    for k in range(num_samples):
+        cond_inputs = {n: inputs[n][k].cpu().numpy() for n in conditions}
+        columns = [(f'{n} (given)', panel(n, cond_inputs[n]), None) for n in conditions]
+        if truth is not None:  # the second row is the val scene's ground truth: say so under the condition
+            columns[0] = (columns[0][0], columns[0][1], text_panel('ground truth of the generated modalities ->', 128, 128))
+        texts = []
+        for step in plan:
+            name = step['target']
+            gen = generated[name][k].cpu().numpy()
+            gt = panel(name, truth[name][k].numpy()) if truth is not None else None
+            columns.append((f"{name} ({step['scheme']} {step['steps']})", panel(name, gen), gt))
+            if 'words' in specs[name]:
+                texts.append(f'{name}: {decode_words(specs[name], gen)}')
+        for n in conditions:
+            if 'words' in specs[n]:
+                texts.insert(0, f'{n} (given): {decode_words(specs[n], cond_inputs[n])}')
+        if truth is not None:
+            for n in specs:
+                if 'words' in specs[n] and n in truth:
+                    texts.append(f'{n} (ground truth): {decode_words(specs[n], truth[n][k].numpy())}')
+        tag = f'val{sample_idx + k}' if truth is not None else f'caption_s{k}'
+        path = os.path.join(folder, f'{stem}_{tag}.png')
+        chain_figure(columns).save(path)
+        with open(path[:-4] + '.txt', 'w') as f:
+            f.write('\n'.join(texts) + '\n')
+        print(f"sample {k}: {path}" + ''.join(f"\n  {t}" for t in texts))
 
 
 if __name__ == '__main__':

@@ -54,6 +54,12 @@ dropout = 0.0
 bias = True
 vocab_size = 0               # 0: what the dataset needs (from meta.json)
 # ...and every other ModelConfig field (model.py) is a config key too, with the dataclass's default
+# 4m multimodal masking (data.FourMData)
+train_modalities = ()        # which of the dataset's modalities take part; () = all of them
+input_budget = (1, 128)      # input tokens per sample, uniform in [min, max]; min == max: fixed, no padding
+target_budget = (1, 128)     # target tokens per sample, likewise
+dirichlet_alphas = (1.0,)    # mixture of Dirichlet alphas splitting each budget across modalities: each entry one
+                             # alpha for all modalities or a tuple with one per modality (0: never takes part)
 # optimizer (AdamW; --optimizer=muon and --muon_lr are ModelConfig fields, see model.py)
 learning_rate = 6e-4
 max_iters = 600000
@@ -209,7 +215,7 @@ def main():
 
     model_args = {f.name: config[f.name] for f in fields(ModelConfig)}
     for k, v in data.model_args.items():  # what the dataset fixes (vocabulary, grids, modalities), unless set
-        if model_args[k] in (0, '', None):
+        if model_args[k] in (0, '', None, ()):
             model_args[k] = v
     iter_num, best_val_loss, checkpoint = 0, 1e9, None
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
@@ -239,7 +245,7 @@ def main():
         sys.exit(f"config error: vocab_size={model_args['vocab_size']} is smaller than dataset {dataset!r}'s "
                  f"vocabulary ({data.model_args['vocab_size']}); use --vocab_size=0 to take the dataset's")
     model_config = ModelConfig(**model_args)
-    # the sequence length the model sees; image datasets fix it (grid size + conditioning) through model_args
+    # the sequence length the model sees: image datasets fix it (grid + conditioning), 4m the padded inputs + targets
     tokens_per_iter = grad_accum * world_size * batch_size * model_config.block_size
     model = build_model(model_config)
     if checkpoint is not None:
@@ -294,14 +300,17 @@ def main():
                 with autocast:
                     _, loss, metrics = model(**batch_to_device(data.get_batch(split, batch_size, gen, rank, world_size)))
                 losses[k] = loss.item()
-                for name, value in metrics.items():  # e.g. per-modality losses
-                    metrics_sum[name] = metrics_sum.get(name, 0.0) + float(value)
+                for name, value in metrics.items():  # e.g. per-modality losses; NaN: undefined for this batch
+                    value = float(value)
+                    if math.isfinite(value):
+                        total, count = metrics_sum.get(name, (0.0, 0))
+                        metrics_sum[name] = (total + value, count + 1)
             mean = losses.mean().to(device_name)
             if ddp:
                 torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
             out[split] = mean.item()
-            for name, total in metrics_sum.items():
-                out[f'{split}/{name}'] = total / eval_iters
+            for name, (total, count) in metrics_sum.items():
+                out[f'{split}/{name}'] = total / count
         model.train()
         return out
 

@@ -1,0 +1,29 @@
+# nano4M on GPUs: about the course reference size (encoder 6, decoder 6, width 512), bf16, compiled.
+#   python prepare.py clevr && torchrun --standalone --nproc_per_node=8 train.py config/nano4m.py
+out_dir = 'out-nano4m'
+dataset = 'clevr'
+model_type = '4m'
+eval_interval = 1000
+eval_iters = 50
+log_interval = 20
+block_size = 0                # the data sets it: largest input + target budget
+n_layer = 6                   # encoder
+n_layer_dec = 6
+n_head = 8
+n_embd = 512
+dropout = 0.0
+bias = False
+train_modalities = ()
+input_budget = (1, 128)       # 4M's per-sample budgets, each split across modalities by a Dirichlet draw
+target_budget = (1, 128)
+dirichlet_alphas = (0.2, 1.0, 5.0)
+batch_size = 64               # per GPU; x 8 GPUs x 1 = 512, 4M's global batch
+gradient_accumulation_steps = 8
+learning_rate = 6e-4
+max_iters = 40000
+lr_decay_iters = 40000
+warmup_iters = 2000
+min_lr = 6e-5
+weight_decay = 0.05
+dtype = 'bfloat16'
+compile = True
