@@ -470,6 +470,7 @@ def main():
     if wandb_log and master:
         wandb.finish()
     if ddp:
+        torch.distributed.barrier()  # no rank tears the process group down while another still uses it
         destroy_process_group()
 
 

@@ -1,4 +1,6 @@
 # nano4M on 2 CPU cores: the README's main job (make demo). CLEVR-like scenes at 8x8 token grids, 3.6M parameters.
+# Measured: 2400 iterations in 14.6 min on one thread of a 2-core VM (the other core busy), val loss 1.16;
+# eval.py --mode=4m: rgb->semseg mIoU 0.291 (prior 0.232, bound 0.621), rgb->depth abs-rel 0.076 (prior 0.083).
 #   python prepare.py clevr && python train.py config/nano4m_cpu.py
 # On a machine shared with other busy processes, run with OMP_NUM_THREADS=1: two OpenMP threads that must wait
 # for each other at every op were 10x slower than one thread there (measured: 8 s vs 0.72 s per iteration).
@@ -21,8 +23,8 @@ target_budget = (64, 64)
 dirichlet_alphas = (1.0, 0.1)  # a mixture: mixed inputs, and inputs mostly from a single modality
 batch_size = 32
 learning_rate = 2e-3
-max_iters = 1600
-lr_decay_iters = 1600
+max_iters = 2400
+lr_decay_iters = 2400
 warmup_iters = 100
 min_lr = 2e-4
 beta2 = 0.99

@@ -1,5 +1,6 @@
 # Char-level Shakespeare, nanoGPT's GPU recipe: 6 layers, 6 heads, 384 wide, context 256 (10.7M parameters).
-# ~3 min on one A100 (nanoGPT), val loss ~1.47 after 5000 iterations.
+# Measured on one H100 (bf16, compile): 3m14s for 5000 iterations, best val loss 1.60 at step 1500, then it overfits
+# (best.pt keeps the best). nanoGPT reports val 1.47 in ~3 min on an A100 on the original Tiny Shakespeare file.
 #   python prepare.py shakespeare_char && python train.py config/train_shakespeare_char.py
 out_dir = 'out-shakespeare-char'
 eval_interval = 250   # the model overfits this small set: eval often
