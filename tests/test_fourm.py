@@ -184,6 +184,10 @@ def test_tiny_train_then_chain_is_deterministic(synth, data_root, tmp_path):
     bad = run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu',
                '--chain=caption->rgb', '--caption=w1 bogus'], env_extra=env, check=False)
     assert bad.returncode != 0 and "'bogus'" in bad.stderr and 'vocabulary' in bad.stderr
+    unknown = run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu',
+                   '--chain=caption->edges'], env_extra=env, check=False)  # a modality the model never saw
+    assert unknown.returncode != 0 and "'edges'" in unknown.stderr and 'rgb' in unknown.stderr
+    assert 'Traceback' not in unknown.stderr
     text_first = chain('--chain=rgb->caption', '--sample_idx=0')
     assert 'caption' in text_first.stdout
 
