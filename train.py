@@ -8,6 +8,7 @@ One training loop for every nano4M family. Runs on a CPU, one GPU, or many throu
 
 The batch comes from data.py and the loss from the model family, so this file knows no family.
 """
+import gc
 import json
 import math
 import os
@@ -470,6 +471,10 @@ def main():
     if wandb_log and master:
         wandb.finish()
     if ddp:
+        # free the DDP wrapper (its reducer holds gloo/NCCL work) while the interpreter is fully alive: left to
+        # the garbage collector at exit, gloo's worker threads can outlive Python and abort the process (SIGABRT)
+        model = None
+        gc.collect()
         torch.distributed.barrier()  # no rank tears the process group down while another still uses it
         destroy_process_group()
 
