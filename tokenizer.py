@@ -523,7 +523,7 @@ def main():
     if args.dataset == 'clevr':
         metrics.update(evaluate_clevr(model, val, args.modality, bf16=metrics['bf16']))
         metrics.update(semseg_pooling_bound(val, grid))
-    out = args.out or os.path.join('data', args.dataset, 'tokenizers', f'{name}.pt')
+    out = args.out or os.path.join(os.environ.get('NANO4M_DATA', 'data'), args.dataset, 'tokenizers', f'{name}.pt')
     save_tokenizer(out, model, metrics)
     print(json.dumps(metrics, indent=1))
     print(f"saved {out}")
