@@ -12,7 +12,6 @@ Each dataset comes from its canonical source when the internet is there and from
 (see README, "Data offline").
 """
 import argparse
-import gzip
 import json
 import os
 import re
@@ -155,18 +154,6 @@ FASHION_MNIST_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
                          'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']
 
 
-def read_idx(blob):
-    """An IDX file (gzipped or not) -> numpy array. Header: 2 zero bytes, a type code (0x08 = uint8), the
-    number of dimensions, then each dimension as a big-endian int32."""
-    if blob[:2] == b'\x1f\x8b':
-        blob = gzip.decompress(blob)
-    if blob[:2] != b'\x00\x00' or blob[2] != 0x08:
-        raise DataError("not a uint8 IDX file")
-    ndim = blob[3]
-    shape = tuple(int.from_bytes(blob[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
-    return np.frombuffer(blob, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def fashion_mnist_file(name, input_dir):
     """Bytes of one IDX file: from --input, else the canonical URL, else the offline copy."""
     if input_dir:
@@ -207,6 +194,7 @@ def fashion_mnist_tokenizer(train_images, val_images, out_dir, max_seconds):
 def prepare_fashion_mnist(args):
     out_dir = os.path.join(DATA_ROOT, args.name or 'fashion_mnist')
     os.makedirs(out_dir, exist_ok=True)
+    from tokenizer import read_idx
     raw = {split: (read_idx(fashion_mnist_file(img, args.input)), read_idx(fashion_mnist_file(lab, args.input)))
            for split, (img, lab) in FASHION_MNIST_FILES.items()}
     # val is the last 5,000 training images (the 10,000 test images stay for the final numbers)
@@ -355,7 +343,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         DATASETS[args.dataset](args)
-    except (DataError, OSError) as e:
+    except (DataError, OSError, ValueError) as e:  # ValueError: a malformed input file
         sys.exit(f"prepare.py {args.dataset}: {e}")
 
 

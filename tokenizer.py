@@ -450,12 +450,14 @@ def semseg_pooling_bound(val, grid):
 # Fashion-MNIST
 
 
-def read_idx(path):
-    """Read a (gzipped) IDX file (the MNIST format): magic 0x0000 08 <ndim>, big-endian int32 dims, uint8 data."""
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rb') as f:
-        raw = f.read()
-    assert raw[0] == 0 and raw[1] == 0 and raw[2] == 0x08, f"{path}: not an unsigned-byte IDX file"
+def read_idx(source):
+    """An IDX file (the MNIST format), gzipped or not, given as a path or its bytes -> numpy array.
+    Header: 2 zero bytes, type code 0x08 (uint8), the number of dimensions, each dimension a big-endian int32."""
+    raw = source if isinstance(source, bytes) else open(source, 'rb').read()
+    if raw[:2] == b'\x1f\x8b':
+        raw = gzip.decompress(raw)
+    if raw[:3] != b'\x00\x00\x08':
+        raise ValueError("not an unsigned-byte IDX file")
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype='>i4', count=ndim, offset=4)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
@@ -494,10 +496,10 @@ def main():
         grid = args.grid or 8
         mods = {'rgb': ('rgb',), 'depth': ('depth',), 'normals': ('normals',), 'edges': ('edges',)}[args.modality]
         # the same split seeds as the 4M data, so the tokenizer's held-out scenes are the val split's first scenes
-        train = render_train = clevr.render_scenes(args.num_train, seed=clevr.SPLIT_SEEDS['train'] + args.seed, modalities=mods)
+        train = clevr.render_scenes(args.num_train, seed=clevr.SPLIT_SEEDS['train'] + args.seed, modalities=mods)
         val = clevr.render_scenes(args.num_val, seed=clevr.SPLIT_SEEDS['val'], modalities=clevr.ALL_MODALITIES)
         train_images, val_images = modality_images(train, args.modality), modality_images(val, args.modality)
-        del render_train, train
+        del train  # the raw scenes; only their images are kept
         cfg = config_for(64, grid, train_images.shape[1])
         name = args.modality if grid == 8 else f"{args.modality}_g{grid}"
         hflip = args.modality != 'normals'

@@ -176,7 +176,7 @@ def test_tiny_train_then_chain_is_deterministic(synth, data_root, tmp_path):
     assert len(pngs) == 2
     for f in os.listdir(os.path.join(out, 'first')):  # same seed: the same tokens, pictures and text
         assert open(os.path.join(out, 'first', f), 'rb').read() == open(os.path.join(out, 'again', f), 'rb').read()
-    different = chain('--chain=caption->rgb->depth@scheme=roar,steps=4', '--sample_idx=3', '--seed=8',
+    chain('--chain=caption->rgb->depth@scheme=roar,steps=4', '--sample_idx=3', '--seed=8',
                       f'--chain_dir={out}/other')
     assert any(open(os.path.join(out, 'first', f), 'rb').read() != open(os.path.join(out, 'other', f), 'rb').read()
                for f in pngs)

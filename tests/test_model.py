@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model import GPT, ModelConfig, build_model, configure_optimizer, sample_logits
+from model import ModelConfig, build_model, configure_optimizer, sample_logits
 
 
 def tiny(**kw):

@@ -202,7 +202,7 @@ def test_baselines_overfit_a_tiny_batch(model_type):
 
 def test_train_resume_and_sample_with_options(shakespeare_char, data_root, tmp_path):
     """train.py and sample.py drive every option through config keys; Muon's schedule and state survive resume."""
-    from test_train import TINY, train
+    from test_train import train
     env = {'NANO4M_DATA': data_root}
     out = str(tmp_path / 'muon')
     options = ['--pos=rope', '--norm=rmsnorm', '--mlp=relu2', '--qk_norm=True', '--optimizer=muon', '--muon_lr=0.03',
