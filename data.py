@@ -162,42 +162,82 @@ def masking_ratio(schedule, r):
     raise DataError(f"unknown mask_schedule {schedule!r}: choose cosine, linear or uniform")
 
 
-class ImageTokenData:
-    """Token grids of an image dataset (prepare.py fashion_mnist) as batches for two families:
+def image_view(meta, image_modality='rgb', cond_modality='caption'):
+    """What the image families need to know of a dataset, from either kind of meta.json:
+    'image' (prepare.py fashion_mnist): the grid, codebook and tokenizer as they are; the condition is the class
+    label (cond_vocab_size = num_classes, cond_len 1).
+    'multimodal' (prepare.py clevr): the image is modality `image_modality` (an fsq-tokenized grid) and the
+    condition the tokens of `cond_modality` (e.g. the 51 caption word ids), or none for cond_modality='' (a single
+    'no condition' slot, so the gpt family still has a first token to predict from).
+    Either way the id cond_vocab_size means 'no condition' (classifier-free guidance drops to it)."""
+    if meta.get('kind') == 'image':
+        if 'cond_len' in meta:  # already a view
+            return meta
+        return {**meta, 'cond_vocab_size': meta['num_classes'], 'cond_len': 1}
+    if meta.get('kind') != 'multimodal':
+        raise DataError(f"the image families need an image or multimodal dataset, not {meta.get('kind')!r} data: "
+                        f"e.g. --dataset=fashion_mnist or --dataset=clevr")
+    specs = meta['modalities']
+    for key, name in (('image_modality', image_modality), ('cond_modality', cond_modality)):
+        if name and name not in specs:
+            raise DataError(f"{key}={name!r}, but the dataset's modalities are {list(specs)}")
+    image = specs[image_modality]
+    if image.get('codec') != 'fsq':
+        raise DataError(f"image_modality={image_modality!r} has no learned image tokenizer (codec "
+                        f"{image.get('codec')!r}): use one that has, e.g. --image_modality=rgb")
+    if cond_modality == image_modality:
+        raise DataError(f"cond_modality and image_modality are both {image_modality!r}: condition on another "
+                        f"modality (e.g. caption), or on none (--cond_modality='')")
+    cond = specs[cond_modality] if cond_modality else {'vocab_size': 0, 'num_tokens': 1}
+    return {'kind': 'image', 'grid': list(image['grid']), 'codebook_size': image['vocab_size'],
+            'tokenizer': {'type': 'fsq', 'file': image['tokenizer']}, 'image_modality': image_modality,
+            'cond_modality': cond_modality, 'cond_vocab_size': cond['vocab_size'], 'cond_len': cond['num_tokens'],
+            'cond_words': cond.get('words')}
 
-    gpt      idx = [class token, the first L-1 image tokens] and targets = the L image tokens, raster order;
-             class ids sit past the codebook (codebook_size + label), the last id is the 'no class' token
-    maskgit  tokens (B, L) the image tokens, mask (B, L) which of them the model must predict, cond (B, 1) label
+
+class ImageTokenData:
+    """Token grids of an image dataset as batches for two families. The images and their conditions come from
+    prepare.py fashion_mnist (class labels) or, through image_view, from a multimodal set such as prepare.py
+    clevr (rgb tokens conditioned on caption tokens, or on any other modality):
+
+    gpt      idx = [the P condition tokens, the first L-1 image tokens] and targets = [-1] * (P-1) + the L image
+             tokens, raster order: the loss counts image tokens only. Condition ids sit past the codebook
+             (codebook_size + id); codebook_size + cond_vocab_size is 'no condition'
+    maskgit  tokens (B, L) the image tokens, mask (B, L) which of them the model must predict, cond (B, P) ids
 
     Per sample, the number of masked tokens comes from `mask_schedule` ('cosine', 'linear', or 'uniform' =
     uniform in [1, L] as in the course reference), at least one; the masked positions are a random subset.
-    With probability `cond_drop` the class becomes 'no class' (id num_classes), which is what
-    classifier-free guidance needs an unconditional model for. All randomness is drawn for the global batch
-    (see global_draw), so 2 ranks x b see exactly what 1 rank x 2b sees."""
+    With probability `cond_drop` the whole condition becomes 'no condition' (id cond_vocab_size in every slot),
+    which is what classifier-free guidance needs an unconditional model for. All randomness is drawn for the
+    global batch (see global_draw), so 2 ranks x b see exactly what 1 rank x 2b sees."""
 
-    def __init__(self, dataset, model_type, mask_schedule='cosine', cond_drop=0.1):
+    def __init__(self, dataset, model_type, mask_schedule='cosine', cond_drop=0.1, image_modality='rgb',
+                 cond_modality='caption'):
         self.meta = load_meta(dataset)
-        if self.meta.get('kind') != 'image':
-            raise DataError(f"dataset {dataset!r} holds {self.meta.get('kind')!r} data, not images: "
-                            f"the {model_type} image model needs e.g. --dataset=fashion_mnist")
+        view = image_view(self.meta, image_modality, cond_modality)
         self.dir, self.model_type = dataset_dir(dataset), model_type
         self.mask_schedule, self.cond_drop = mask_schedule, cond_drop
-        self.codebook_size, self.num_classes = self.meta['codebook_size'], self.meta['num_classes']
-        gh, gw = self.meta['grid']
+        self.codebook_size, self.cond_vocab_size, P = view['codebook_size'], view['cond_vocab_size'], view['cond_len']
+        gh, gw = view['grid']
         self.num_tokens = gh * gw
-        self.tokens = {s: torch.from_numpy(np.load(os.path.join(self.dir, f'{s}_tokens.npy')).astype(np.int64))
-                       for s in ('train', 'val')}
-        self.labels = {s: torch.from_numpy(np.load(os.path.join(self.dir, f'{s}_labels.npy')))
-                       for s in ('train', 'val')}
+        if self.meta['kind'] == 'image':
+            self.tokens = {s: np.load(os.path.join(self.dir, f'{s}_tokens.npy')) for s in ('train', 'val')}
+            self.cond = {s: np.load(os.path.join(self.dir, f'{s}_labels.npy'))[:, None] for s in ('train', 'val')}
+        else:
+            self.tokens = {s: np.load(os.path.join(self.dir, s, f'{image_modality}.npy')) for s in ('train', 'val')}
+            self.cond = {s: np.load(os.path.join(self.dir, s, f'{cond_modality}.npy')) if cond_modality
+                         else np.full((len(self.tokens[s]), 1), 0) for s in ('train', 'val')}  # 0 = 'no condition'
+        self.tokens = {s: torch.from_numpy(v.astype(np.int64)) for s, v in self.tokens.items()}
+        self.cond = {s: torch.from_numpy(v.astype(np.int64)) for s, v in self.cond.items()}
         if mask_schedule not in ('cosine', 'linear', 'uniform'):
             raise DataError(f"unknown mask_schedule {mask_schedule!r}: choose cosine, linear or uniform")
         if model_type == 'gpt':  # ModelConfig fields this data fixes
-            self.model_args = {'vocab_size': self.codebook_size + self.num_classes + 1,
-                               'block_size': self.num_tokens}
+            self.model_args = {'vocab_size': self.codebook_size + self.cond_vocab_size + 1,
+                               'block_size': P + self.num_tokens - 1}
         else:
             self.model_args = {'codebook_size': self.codebook_size, 'grid_h': gh, 'grid_w': gw,
-                               'cond_vocab_size': self.num_classes, 'cond_len': 1,
-                               'block_size': self.num_tokens + 1}
+                               'cond_vocab_size': self.cond_vocab_size, 'cond_len': P,
+                               'block_size': self.num_tokens + P}
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
         L, n = self.num_tokens, batch_size * world_size
@@ -213,12 +253,14 @@ class ImageTokenData:
             order = torch.rand(n, L, generator=generator).argsort(dim=1).argsort(dim=1)  # (n, L) random ranks
             mask = order < num_masked[:, None]
         mine = slice(rank * batch_size, (rank + 1) * batch_size)  # this rank's share of the global batch
-        tokens, labels = self.tokens[split][ix[mine]], self.labels[split][ix[mine]]
-        labels = torch.where(drop[mine], self.num_classes, labels)  # num_classes = 'no class'
+        tokens, cond = self.tokens[split][ix[mine]], self.cond[split][ix[mine]]
+        cond = torch.where(drop[mine, None], self.cond_vocab_size, cond)  # cond_vocab_size = 'no condition'
         if self.model_type == 'gpt':
-            cls = (self.codebook_size + labels)[:, None]
-            return {'idx': torch.cat([cls, tokens[:, :-1]], dim=1), 'targets': tokens}
-        return {'tokens': tokens, 'mask': mask[mine], 'cond': labels[:, None]}
+            P = cond.size(1)
+            ignore = torch.full((len(cond), P - 1), -1, dtype=torch.long)  # no loss on the condition tokens
+            return {'idx': torch.cat([self.codebook_size + cond, tokens[:, :-1]], dim=1),
+                    'targets': torch.cat([ignore, tokens], dim=1)}
+        return {'tokens': tokens, 'mask': mask[mine], 'cond': cond}
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,9 +270,10 @@ def image_tokenizer(path):
     return load_tokenizer(path)[0]
 
 
-def decode_image_tokens(dataset, tokens):
-    """(B, L) or (B, h, w) token ids -> uint8 images (B, H, W, C) with the tokenizer the dataset was built with."""
-    meta = load_meta(dataset)
+def decode_image_tokens(dataset, tokens, meta=None):
+    """(B, L) or (B, h, w) token ids -> uint8 images (B, H, W, C) with the tokenizer the dataset was built with;
+    meta is the image_view of the dataset's meta.json (default: the image dataset's own)."""
+    meta = meta or image_view(load_meta(dataset))
     tok = meta['tokenizer']
     tokens = torch.as_tensor(tokens).cpu().long()
     gh, gw = meta['grid']
@@ -561,11 +604,12 @@ def load_data(dataset, model_type, block_size, options=None):
     """The batch maker for a dataset and model family: an object with
     .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
     the model's forward() arguments, and .model_args, the ModelConfig fields the data fixes. `options` is
-    the training config; image batch makers read mask_schedule and cond_drop from it."""
+    the training config; image batch makers read mask_schedule, cond_drop, image_modality and cond_modality."""
     options = options or {}
     kind = load_meta(dataset).get('kind')
-    if kind == 'image' and model_type in ('gpt', 'maskgit'):
-        return ImageTokenData(dataset, model_type, options.get('mask_schedule', 'cosine'), options.get('cond_drop', 0.1))
+    if kind in ('image', 'multimodal') and model_type in ('gpt', 'maskgit'):
+        return ImageTokenData(dataset, model_type, options.get('mask_schedule', 'cosine'), options.get('cond_drop', 0.1),
+                              options.get('image_modality', 'rgb'), options.get('cond_modality', 'caption'))
     if model_type in ('gpt', 'lstm', 'kgram_mlp'):  # the causal families share text windows
         return TextData(dataset, block_size)
     if model_type == '4m':

@@ -4,6 +4,8 @@ Scores class-conditional image generators on Fashion-MNIST with what we can comp
     python eval.py --mode=classifier        # train the judge once: a small CNN on real train images (~1 min CPU)
     python eval.py --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
     python eval.py --mode=speed --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
+    python eval.py --mode=speed --dataset=clevr --maskgit_dir=out-clevr-maskgit-cpu --gpt_dir=out-clevr-gpt-cpu
+    python eval.py --mode=speed --dataset=clevr --speed_shape=6x8x256 --speed_batch=128  # the GPU configs' shape
 
 FID needs Inception weights we cannot install offline, so the judge is our own classifier (>= 90% test
 accuracy), saved as data/<dataset>/classifier.pt and loadable with torch.load(weights_only=True):
@@ -34,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from configurator import ConfigError, configure
-from data import DataError, TokenDecoder, dataset_dir, decode_image_tokens, load_meta, load_tokens
+from data import DataError, TokenDecoder, dataset_dir, decode_image_tokens, image_view, load_meta, load_tokens
 
 # -----------------------------------------------------------------------------
 mode = 'table'              # 'table' | 'speed' | 'classifier' (Fashion-MNIST) | '4m' (clevr, any-to-any)
@@ -51,6 +53,11 @@ cfg_scale = 2.0             # the guided columns; 1.0 is the plain conditional m
 classifier_epochs = 5
 speed_batch = 256           # the 'large batch' of the speed table on the dataset's grid (same tokens on the other)
 speed_grid = 16             # the second grid of the speed table (random weights, same model shape)
+speed_shape = ''            # '' = the trained models' shapes; 'LxHxC' (e.g. 6x8x256) = random weights of that shape
+speed_dtypes = 'float32,bfloat16'  # each scheme is timed in each (weights cast) and reported at its fastest
+speed_threads = 2           # ...and with 1 up to this many torch threads
+image_modality = 'rgb'      # a multimodal dataset (clevr): the image and the conditioning modality, as in training
+cond_modality = 'caption'
 out_dir = ''                # --mode=4m: the 4m run to score
 num_scenes = 1000           # --mode=4m: val scenes scored
 json_out = ''               # --mode=4m: also write the figures to this file
@@ -222,49 +229,100 @@ def table():
               f"{'' if ips is None else f'{ips:.1f}'} |")
 
 
+def speed_models(meta, grid):
+    """{'maskgit': model, 'gpt': model} for a grid (h, w): the trained models on the dataset's own grid, otherwise
+    random weights of their shape (or of speed_shape 'LxHxC'): speed does not depend on the weights."""
+    from sample import load_model
+    from model import ModelConfig, build_model
+    K, V, P = meta['codebook_size'], meta['cond_vocab_size'], meta['cond_len']
+    L = grid[0] * grid[1]
+    models = {}
+    for family, folder in (('maskgit', maskgit_dir), ('gpt', gpt_dir)):
+        trained = load_model(folder, ckpt, device)[0] if folder else None
+        if trained is not None and not speed_shape and list(grid) == list(meta['grid']):
+            models[family] = trained
+            continue
+        if trained is not None and not speed_shape:
+            shape = trained.config.to_dict()
+        else:
+            try:
+                n_layer, n_head, n_embd = (int(x) for x in (speed_shape or '4x4x128').split('x'))
+            except ValueError:
+                raise ValueError(f"--speed_shape={speed_shape!r}: write layers x heads x width, e.g. 6x8x256")
+            shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+        if family == 'maskgit':
+            shape.update(model_type='maskgit', codebook_size=K, grid_h=grid[0], grid_w=grid[1], cond_vocab_size=V,
+                         cond_len=P, block_size=P + L)
+        else:
+            shape.update(model_type='gpt', vocab_size=K + V + 1, block_size=P + L - 1)
+        torch.manual_seed(seed)
+        models[family] = build_model(ModelConfig(**shape)).eval()
+    return models
+
+
 def speed():
     """Latency at batch 1 and throughput at a large batch: MaskGIT T=8 vs AR with a KV cache, on the dataset's
-    grid (trained models) and on a speed_grid x speed_grid grid (the same shapes, random weights: speed does
-    not depend on the weights).
+    grid and on a speed_grid x speed_grid grid, conditioned like the dataset (a class token, or 51 caption tokens
+    on clevr). Each scheme is timed at every dtype in speed_dtypes and 1..speed_threads threads and reported
+    at its fastest, with the setting that gave it: neither scheme is handicapped by a setting that suits the
+    other. Batch 1: best of 5 runs after a warm-up; large batch: one run after a warm-up. No CFG.
 
-    What to expect: MaskGIT T=8 runs 8 passes over all L tokens (8L token-passes), AR with a KV cache runs L
-    passes over one token (L token-passes, plus attention over the cache). At batch 1 each AR step is latency
-    bound (a few dozen small kernels per layer, ~1.5 ms on a CPU core whatever the work), so 8 steps beat L
-    steps; at a large batch both are compute bound and AR's 8x fewer FLOPs win. On a CPU the 257-token pass is
-    itself compute bound (~17 ms for the 4x128 model on one core), which caps MaskGIT's batch-1 advantage at
-    ~2x on the 16x16 grid; on a GPU a 257-token pass costs about what a 1-token pass does, and the ratio heads
-    for L / T = 32x."""
-    from sample import generate_image_tokens, load_model
-    from model import ModelConfig, build_model
-    meta = load_meta(dataset)
-    mg, _ = load_model(maskgit_dir, ckpt, device)
-    ar, _ = load_model(gpt_dir, ckpt, device)
-    grids = [(tuple(meta['grid']), mg, ar)]
-    g = speed_grid
-    cfg_mg = ModelConfig(**{**mg.config.to_dict(), 'grid_h': g, 'grid_w': g, 'block_size': g * g + 1})
-    cfg_ar = ModelConfig(**{**ar.config.to_dict(), 'block_size': g * g})
-    grids.append(((g, g), build_model(cfg_mg).eval(), build_model(cfg_ar).eval()))
-    print(f"{torch.get_num_threads()} threads; models: maskgit {mg.config.n_layer}x{mg.config.n_embd}, "
-          f"gpt {ar.config.n_layer}x{ar.config.n_embd}; no CFG")
-    print("| grid | tokens | batch | MaskGIT T=8 ms/batch | AR + KV cache ms/batch | MaskGIT img/s | AR img/s | MaskGIT speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (gh, gw), m_mg, m_ar in grids:
-        m = {**meta, 'grid': [gh, gw]}
+    What to expect: MaskGIT T=8 runs 8 passes over all P + L tokens, AR with a KV cache L passes over one token
+    (L token-passes, plus attention over the cache). At batch 1 each AR step is latency bound (a few dozen small
+    kernels per layer, ~0.5 ms on a CPU core whatever the work), so 8 steps beat L steps; at a large batch both
+    are compute bound and AR's ~8x fewer FLOPs win. On a CPU MaskGIT's pass over a few hundred tokens is itself
+    compute bound, so bf16 matmuls (avx512_bf16 / AMX) and a second thread speed MaskGIT up, while AR's one-token
+    steps gain little from either; on a GPU a 300-token pass costs about what a 1-token pass does."""
+    from sample import generate_image_tokens
+    import copy
+    meta = image_view(load_meta(dataset), image_modality, cond_modality)
+    dtypes = [d.strip() for d in speed_dtypes.split(',') if d.strip()]
+    threads = list(range(1, speed_threads + 1))
+    if any(d not in ('float32', 'bfloat16') for d in dtypes) or not dtypes or not threads:
+        raise ValueError(f"--speed_dtypes={speed_dtypes!r} --speed_threads={speed_threads!r}: e.g. "
+                         f"--speed_dtypes=float32,bfloat16 --speed_threads=2")
+    grids = [tuple(meta['grid'])] + ([(speed_grid, speed_grid)] if [speed_grid] * 2 != list(meta['grid']) else [])
+    P, default_threads = meta['cond_len'], torch.get_num_threads()
+    print(f"dataset {dataset}: condition {P} token(s); dtypes {dtypes}, threads {threads}; no CFG")
+    rows = []
+    for grid in grids:
+        models = speed_models(meta, grid)
+        shapes = ', '.join(f"{f} {m.config.n_layer}x{m.config.n_head}x{m.config.n_embd}" for f, m in models.items())
+        cast = {(f, d): copy.deepcopy(m).to(getattr(torch, d)) for f, m in models.items() for d in dtypes}
+        L = grid[0] * grid[1]
+        m = {**meta, 'grid': list(grid)}
         # the large batch holds about speed_batch grids of the dataset's size: the same tokens on both grids
-        for batch in (1, max(1, speed_batch * meta['grid'][0] * meta['grid'][1] // (gh * gw))):
-            labels = torch.arange(batch) % meta['num_classes']
-            times = {}
-            for name, model, kw in (('maskgit', m_mg, dict(steps=8)), ('ar', m_ar, dict())):
-                gen = torch.Generator().manual_seed(seed)
-                generate_image_tokens(model, labels, m, generator=gen, **kw)  # warm-up
-                reps = 5 if batch == 1 else 1
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    generate_image_tokens(model, labels, m, generator=gen, **kw)
-                times[name] = (time.perf_counter() - t0) / reps
-            print(f"| {gh}x{gw} | {gh * gw} | {batch} | {times['maskgit'] * 1000:.1f} | {times['ar'] * 1000:.1f} | "
-                  f"{batch / times['maskgit']:.1f} | {batch / times['ar']:.1f} | {times['ar'] / times['maskgit']:.2f}x |",
-                  flush=True)
+        for batch in (1, max(1, speed_batch * meta['grid'][0] * meta['grid'][1] // L)):
+            cond = torch.randint(meta['cond_vocab_size'], (batch, P), generator=torch.Generator().manual_seed(seed))
+            best = {}
+            for family, kw in (('maskgit', dict(steps=8)), ('gpt', dict())):
+                for d in dtypes:
+                    for t in threads:
+                        torch.set_num_threads(t)
+                        gen = torch.Generator().manual_seed(seed)
+                        model = cast[(family, d)]
+                        generate_image_tokens(model, cond, m, generator=gen, **kw)  # warm-up
+                        times = []
+                        for _ in range(5 if batch == 1 else 1):
+                            t0 = time.perf_counter()
+                            generate_image_tokens(model, cond, m, generator=gen, **kw)
+                            times.append(time.perf_counter() - t0)
+                        dt = min(times)
+                        print(f"  {grid[0]}x{grid[1]} batch {batch:<4} {family:<8} {d:<9} {t} thread(s): {dt * 1000:9.1f} ms"
+                              f"   ({shapes})", flush=True)
+                        if family not in best or dt < best[family][0]:
+                            best[family] = (dt, f"{d}, {t} thr")
+            torch.set_num_threads(default_threads)
+            rows.append((grid, P, batch, best))
+    print()
+    print("| grid | tokens (+ condition) | batch | MaskGIT T=8 ms/batch | its setting | AR + KV cache ms/batch | its setting "
+          "| MaskGIT img/s | AR img/s | MaskGIT speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (gh, gw), P, batch, best in rows:
+        (t_mg, s_mg), (t_ar, s_ar) = best['maskgit'], best['gpt']
+        ratio = t_ar / t_mg
+        print(f"| {gh}x{gw} | {gh * gw} + {P} | {batch} | {t_mg * 1000:.1f} | {s_mg} | {t_ar * 1000:.1f} | {s_ar} | "
+              f"{batch / t_mg:.1f} | {batch / t_ar:.1f} | {ratio:.2f}x{' (AR wins)' if ratio < 1 else ''} |")
 
 
 # -----------------------------------------------------------------------------
@@ -363,7 +421,7 @@ def main():
                     json.dump(results, f, indent=1)
         else:
             sys.exit(f"eval.py: unknown --mode={mode!r}; choose table, speed, classifier or 4m")
-    except (DataError, FileNotFoundError, KeyError) as e:
+    except (DataError, FileNotFoundError, KeyError, ValueError) as e:
         sys.exit(f"eval.py: {e}")
 
 

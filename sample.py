@@ -6,12 +6,15 @@ Sample from a trained nano4M model.
     python sample.py --out_dir=... --kv_cache=False      # the slow reference path, for comparison
 
 --mode=ar: autoregressive generation with a KV cache (gpt family): text, or images on an image dataset.
---mode=maskgit: iterative parallel decoding (maskgit family) of class-conditional images.
-Images are decoded with the dataset's tokenizer and written as one PNG grid, one row per class:
+--mode=maskgit: iterative parallel decoding (maskgit family) of class- or caption-conditional images.
+Images are decoded with the dataset's tokenizer and written as one PNG grid, one row per class (or per caption:
+--num_captions val scenes from --sample_idx, each row starting with the scene's own image; or --caption=TEXT):
 
     python sample.py --out_dir=out-fashion-mnist-maskgit-cpu --mode=maskgit --steps=8 --cfg_scale=2.0
     python sample.py --out_dir=out-fashion-mnist-maskgit-cpu --mode=maskgit --scheme=roar --return_history=True
     python sample.py --out_dir=out-fashion-mnist-gpt-cpu --mode=ar --cfg_scale=2.0
+    python sample.py --out_dir=out-clevr-maskgit-cpu --mode=maskgit --sample_idx=0 --num_captions=6 --num_samples=4
+    python sample.py --out_dir=out-clevr-gpt-cpu --mode=ar --caption="a large red metal cube in the middle left"
 
 --mode=chain: chained any-to-any generation (4m family). Each generated modality joins the inputs of the next step:
 
@@ -34,8 +37,8 @@ import numpy as np
 import torch
 
 from configurator import ConfigError, configure
-from data import (DataError, TokenDecoder, decode_image_tokens, decode_words, encode_words, load_meta, load_tokens,
-                  save_image_grid, text_tokenizer)
+from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, decode_words, encode_words, image_view,
+                  load_meta, load_tokens, save_image_grid, text_tokenizer)
 from model import ModelConfig, autoregressive_decode, build_model, iterative_decode
 
 # -----------------------------------------------------------------------------
@@ -64,6 +67,7 @@ choice_temperature = 4.5    # maskgit: Gumbel noise on the confidence, annealed 
 cfg_scale = 1.0             # classifier-free guidance: 1 = plain conditional, 0 = unconditional, > 1 guided
 return_history = False      # maskgit: also save the decoding process as an image strip
 image_out = ''              # the PNG; '' writes out_dir/samples_<mode>.png
+num_captions = 4            # caption-conditioned images (clevr): rows = val scenes from --sample_idx (or --caption)
 # --mode=chain (4m)
 chain = 'caption->semseg->depth->rgb'  # condition(s) '->' generated modalities, each optionally '@key=value,...'
 sample_idx = 0              # first val scene to condition on (and to show as ground truth)
@@ -86,25 +90,25 @@ def load_model(out_dir, ckpt='ckpt', device='cpu'):
     return model, checkpoint
 
 
-def generate_image_tokens(model, labels, meta, steps=8, scheme='maskgit', schedule='cosine', temperature=1.0,
+def generate_image_tokens(model, cond, meta, steps=8, scheme='maskgit', schedule='cosine', temperature=1.0,
                           top_k=None, top_p=None, choice_temperature=4.5, cfg_scale=1.0, generator=None,
                           return_history=False, kv_cache=True):
-    """Class labels (B,) -> image token grids (B, L) from either family (and, for maskgit with return_history,
-    the (tokens, mask) after each step). gpt: autoregressive after the class token, id codebook_size + label;
-    the unconditional stream for guidance starts from the 'no class' token. maskgit: iterative decoding from a
-    fully masked grid, the class as conditioning prefix ('no class' when dropped)."""
-    K, num_classes = meta['codebook_size'], meta['num_classes']
+    """Conditions -> image token grids (B, L) from either family (and, for maskgit with return_history, the
+    (tokens, mask) after each step). cond is (B,) class labels or (B, cond_len) condition ids (e.g. caption
+    tokens); meta is the dataset's meta.json or its data.image_view. gpt: autoregressive after the condition
+    tokens, ids codebook_size + cond; the unconditional stream for guidance starts from 'no condition' tokens.
+    maskgit: iterative decoding from a fully masked grid, the condition as prefix ('no condition' when dropped)."""
+    meta = image_view(meta)
+    K, null_id = meta['codebook_size'], meta['cond_vocab_size']
     gh, gw = meta['grid']
-    B, device = labels.size(0), labels.device
+    cond = cond[:, None] if cond.dim() == 1 else cond
+    B, device = cond.size(0), cond.device
+    null = torch.full_like(cond, null_id)
     if model.config.model_type == 'gpt':
-        prefix = (K + labels)[:, None]
-        uncond = torch.full_like(prefix, K + num_classes)
-        tokens = autoregressive_decode(model, prefix, gh * gw, vocab_limit=K, temperature=temperature, top_k=top_k,
-                                       top_p=top_p, cfg_scale=cfg_scale, uncond_prefix=uncond, generator=generator,
+        tokens = autoregressive_decode(model, K + cond, gh * gw, vocab_limit=K, temperature=temperature, top_k=top_k,
+                                       top_p=top_p, cfg_scale=cfg_scale, uncond_prefix=K + null, generator=generator,
                                        kv_cache=kv_cache)
         return (tokens, []) if return_history else tokens
-    cond = labels[:, None]
-    null = torch.full_like(cond, num_classes)
 
     def predict_logits(tokens, mask, cond_dropped):
         return model(tokens, mask, null if cond_dropped else cond, compute_loss=False)[0]
@@ -122,7 +126,7 @@ def history_strip(dataset, meta, history, picks):
     frames = []
     for r in picks:
         for tokens, mask in history:
-            img = decode_image_tokens(dataset, tokens[r:r + 1].masked_fill(mask[r:r + 1], 0))[0].copy()
+            img = decode_image_tokens(dataset, tokens[r:r + 1].masked_fill(mask[r:r + 1], 0), meta)[0].copy()
             ph, pw = img.shape[0] // gh, img.shape[1] // gw
             hidden = mask[r].view(gh, gw).cpu().numpy().repeat(ph, 0).repeat(pw, 1)
             img[hidden] = 128
@@ -130,23 +134,53 @@ def history_strip(dataset, meta, history, picks):
     return frames
 
 
+def image_conditions(dataset, meta, device_name):
+    """The conditions of the picture's rows -> (cond (rows, cond_len), row names, ground-truth images or None).
+    Class labels: every class. A multimodal set: --caption, or val scenes --sample_idx.. (their ground truth
+    is shown first in each row)."""
+    if 'num_classes' in meta:
+        names = meta.get('classes', [str(c) for c in range(meta['num_classes'])])
+        return torch.arange(meta['num_classes'], device=device_name)[:, None], names, None
+    spec = {'words': meta['cond_words'], 'num_tokens': meta['cond_len']}
+    if caption:
+        if not meta['cond_words']:
+            raise ValueError(f"--caption needs a model conditioned on captions; this one is conditioned on "
+                             f"{meta['cond_modality'] or 'nothing'}")
+        return torch.from_numpy(encode_words(spec, caption))[None].to(device_name), [caption], None
+    val = {n: np.load(os.path.join(dataset_dir(dataset), 'val', f'{n}.npy')) for n in
+           (meta['image_modality'], meta['cond_modality']) if n}
+    n_val = len(val[meta['image_modality']])
+    if not 0 <= sample_idx <= n_val - num_captions:
+        raise ValueError(f"--sample_idx={sample_idx} --num_captions={num_captions}: the val split has {n_val} scenes")
+    rows = slice(sample_idx, sample_idx + num_captions)
+    cond = val[meta['cond_modality']][rows] if meta['cond_modality'] else np.zeros((num_captions, 1))
+    names = [decode_words(spec, c) if meta['cond_words'] else f'val {sample_idx + i}' for i, c in enumerate(cond)]
+    truth = decode_image_tokens(dataset, val[meta['image_modality']][rows].astype(np.int64), meta)
+    return torch.from_numpy(cond.astype(np.int64)).to(device_name), names, truth
+
+
 def sample_images(model, dataset, meta, device_name, generator):
-    """Write num_samples images per class as a PNG grid (rows = classes)."""
-    import numpy as np
-    num_classes = meta['num_classes']
-    labels = torch.arange(num_classes, device=device_name).repeat_interleave(num_samples)
+    """Write num_samples images per condition as a PNG grid: one row per class, or per caption (val scenes
+    from --sample_idx, ground truth first, or --caption)."""
+    cond, names, truth = image_conditions(dataset, meta, device_name)
     t0 = time.time()
     tokens, history = generate_image_tokens(
-        model, labels, meta, steps, scheme, schedule, temperature, top_k or None, top_p if top_p < 1.0 else None,
-        choice_temperature, cfg_scale, generator, return_history=True, kv_cache=kv_cache)
+        model, cond.repeat_interleave(num_samples, dim=0), meta, steps, scheme, schedule, temperature, top_k or None,
+        top_p if top_p < 1.0 else None, choice_temperature, cfg_scale, generator, return_history=True, kv_cache=kv_cache)
     dt = time.time() - t0
     path = image_out or os.path.join(out_dir, f'samples_{mode}.png')
-    save_image_grid(path, decode_image_tokens(dataset, tokens), per_row=num_samples)
+    images = decode_image_tokens(dataset, tokens, meta)
+    per_row = num_samples
+    if truth is not None:  # each row: the val scene's image, then the generated ones
+        images = np.concatenate([truth[:, None], images.reshape(len(truth), num_samples, *images.shape[1:])], 1)
+        images, per_row = images.reshape(-1, *images.shape[2:]), num_samples + 1
+    save_image_grid(path, images, per_row=per_row)
     what = f"{steps} steps, scheme {scheme}" if mode == 'maskgit' else f"autoregressive, kv_cache={kv_cache}"
-    print(f"{len(labels)} images ({what}, cfg_scale {cfg_scale}) in {dt:.2f}s -> {path} "
-          f"(rows: {', '.join(meta.get('classes', map(str, range(num_classes))))})")
+    print(f"{len(tokens)} images ({what}, cfg_scale {cfg_scale}) in {dt:.2f}s -> {path}"
+          + (" (first column: the val scene's own image)" if truth is not None else '') + "; rows:")
+    print('\n'.join(f'  {n}' for n in names))
     if return_history and history:
-        strip = history_strip(dataset, meta, history, picks=range(0, len(labels), num_samples))  # one per class
+        strip = history_strip(dataset, meta, history, picks=range(0, len(tokens), num_samples))  # one per row
         hpath = path.replace('.png', '_history.png')
         save_image_grid(hpath, np.stack(strip), per_row=len(history))
         print(f"decoding history ({len(history)} steps per row) -> {hpath}")
@@ -169,6 +203,9 @@ def main():
             # the checkpoint carries its dataset's meta.json, so decoding never depends on data/ still matching
             dataset = checkpoint['config']['dataset']
             meta = checkpoint.get('data_meta') or load_meta(dataset)
+            if mode in ('ar', 'maskgit') and meta.get('kind') in ('image', 'multimodal'):  # the image families
+                cfg = checkpoint['config']
+                meta = image_view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
         else:
             raise SystemExit("sample.py: init_from must be 'resume' for now")
     except (FileNotFoundError, DataError) as e:
@@ -193,8 +230,11 @@ def main():
             sys.exit(f"sample.py: {e}")
         return
     if meta.get('kind') == 'image':
-        with torch.no_grad():
-            sample_images(model, dataset, meta, device_name, generator)
+        try:
+            with torch.no_grad():
+                sample_images(model, dataset, meta, device_name, generator)
+        except ValueError as e:
+            sys.exit(f"sample.py: {e}")
         return
     if meta.get('kind') != 'text':
         sys.exit(f"sample.py: --mode=ar on {meta.get('kind')} data is not supported")

@@ -46,6 +46,9 @@ dataset = 'shakespeare_char'
 gradient_accumulation_steps = 1  # micro-steps per optimizer step, summed over all ranks
 batch_size = 12              # micro-batch size per rank
 block_size = 1024            # image datasets: 0 takes the grid's length from the data
+# image families (gpt, maskgit) on a multimodal dataset (clevr): which modality is the image, which the condition
+image_modality = 'rgb'       # a modality with a learned tokenizer
+cond_modality = 'caption'    # its tokens are the conditioning prefix; '' for unconditional
 # model
 model_type = 'gpt'
 n_layer = 12

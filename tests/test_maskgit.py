@@ -118,12 +118,12 @@ def test_confidence_picks_most_likely_and_roar_differs():
     assert not torch.equal(orders[0], orders[1])
 
 
-def test_gumbel_max_sampling_matches_multinomial():
-    from model import sample_logits, sample_logits_gumbel
+def test_icdf_sampling_matches_multinomial():
+    from model import sample_logits, sample_logits_icdf
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0]).expand(20000, 5)
     gen = torch.Generator().manual_seed(0)
     for kw in (dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(temperature=1.0, top_p=0.8)):
-        fast = torch.bincount(sample_logits_gumbel(logits, generator=gen, **kw), minlength=5).float() / 20000
+        fast = torch.bincount(sample_logits_icdf(logits, generator=gen, **kw), minlength=5).float() / 20000
         slow = torch.bincount(sample_logits(logits, generator=gen, **kw)[:, 0], minlength=5).float() / 20000
         assert (fast - slow).abs().max() < 0.015, (kw, fast, slow)
         assert ((fast > 0) == (slow > 0)).all()  # the same ids are filtered out

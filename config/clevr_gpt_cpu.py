@@ -1,0 +1,32 @@
+# GPT on clevr rgb token grids (8x8, 1000 FSQ codes, raster order) after the caption (51 word ids in front; loss
+# on the image tokens only; dropped 10% of the time for classifier-free guidance), on a CPU: 4 layers, 4 heads, 128 wide.
+# MEASURED: filled in below after the run.
+#   python prepare.py clevr && python train.py config/clevr_gpt_cpu.py
+#   python sample.py --out_dir=out-clevr-gpt-cpu --mode=ar --num_captions=6 --num_samples=4 --cfg_scale=2.0
+out_dir = 'out-clevr-gpt-cpu'
+dataset = 'clevr'
+model_type = 'gpt'
+image_modality = 'rgb'
+cond_modality = 'caption'
+block_size = 0          # the data fixes it: [51 caption tokens, 63 image tokens] -> 64 targets
+eval_interval = 350
+eval_iters = 10
+log_interval = 25
+batch_size = 64
+n_layer = 4
+n_head = 4
+n_embd = 128
+dropout = 0.0
+cond_drop = 0.1
+learning_rate = 2e-3
+max_iters = 700
+lr_decay_iters = 700
+min_lr = 1e-4
+beta2 = 0.99
+warmup_iters = 50
+weight_decay = 0.05
+# bfloat16 autocast is ~1.5x faster on CPUs with native bf16 (avx512_bf16 / amx); elsewhere it is emulated: fp32
+import os as _os
+_cpu_flags = open('/proc/cpuinfo').read() if _os.path.exists('/proc/cpuinfo') else ''
+dtype = 'bfloat16' if ('avx512_bf16' in _cpu_flags or 'amx_bf16' in _cpu_flags) else 'float32'
+compile = False
