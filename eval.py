@@ -265,7 +265,7 @@ def speed():
     grid and on a speed_grid x speed_grid grid, conditioned like the dataset (a class token, or 51 caption tokens
     on clevr). Each scheme is timed at every dtype in speed_dtypes and 1..speed_threads threads and reported
     at its fastest, with the setting that gave it: neither scheme is handicapped by a setting that suits the
-    other. Batch 1: best of 5 runs after a warm-up; large batch: one run after a warm-up. No CFG.
+    other. Batch 1: best of 5 runs after a warm-up; large batch: one run after a batch-1 warm-up. No CFG.
 
     What to expect: MaskGIT T=8 runs 8 passes over all P + L tokens, AR with a KV cache L passes over one token
     (L token-passes, plus attention over the cache). At batch 1 each AR step is latency bound (a few dozen small
@@ -301,7 +301,7 @@ def speed():
                         torch.set_num_threads(t)
                         gen = torch.Generator().manual_seed(seed)
                         model = cast[(family, d)]
-                        generate_image_tokens(model, cond, m, generator=gen, **kw)  # warm-up
+                        generate_image_tokens(model, cond[:1], m, generator=gen, **kw)  # warm-up
                         times = []
                         for _ in range(5 if batch == 1 else 1):
                             t0 = time.perf_counter()
