@@ -203,7 +203,7 @@ def main():
             # the checkpoint carries its dataset's meta.json, so decoding never depends on data/ still matching
             dataset = checkpoint['config']['dataset']
             meta = checkpoint.get('data_meta') or load_meta(dataset)
-            if mode in ('ar', 'maskgit') and meta.get('kind') in ('image', 'multimodal'):  # the image families
+            if checkpoint['model_config']['model_type'] in ('gpt', 'maskgit') and meta.get('kind') in ('image', 'multimodal'):
                 cfg = checkpoint['config']
                 meta = image_view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
         else:
