@@ -281,8 +281,8 @@ class FourMData:
         if unknown:
             raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}")
         self.names = names
-        self.specs = [dict(name=n, **{k: self.meta['modalities'][n][k] for k in ('kind', 'vocab_size', 'num_tokens', 'grid')})
-                      for n in names]  # what the model needs to know of each modality
+        keys = ('kind', 'vocab_size', 'num_tokens', 'grid', 'levels')  # what the model needs to know of each modality
+        self.specs = [{'name': n, **{k: v for k, v in self.meta['modalities'][n].items() if k in keys}} for n in names]
         self.num_tokens = np.array([s['num_tokens'] for s in self.specs])
         self.first = np.concatenate([[0], np.cumsum(self.num_tokens)[:-1]])  # column of each modality in a scene row
         total = int(self.num_tokens.sum())

@@ -55,7 +55,8 @@ class ModelConfig:
     # 4m: n_layer is the encoder's depth
     n_layer_dec: int = 0        # decoder depth; 0 means the same as the encoder
     modalities: tuple = ()      # set by the data: one dict per modality, in id order:
-                                # {'name', 'kind': 'image'|'sequence', 'vocab_size', 'num_tokens', 'grid': [h, w]}
+                                # {'name', 'kind': 'image'|'sequence', 'vocab_size', 'num_tokens', 'grid': [h, w],
+                                #  optional 'levels': the FSQ levels of a learned image tokenizer's codes}
     dec_attn: str = 'modality'  # decoder self-attention: 'modality' (a target sees targets of its own modality,
                                 # as in 4M) or 'all' (every target of the sample)
 
@@ -601,6 +602,20 @@ class FourM(nn.Module):
         self.register_buffer('pos_table', pos, persistent=False)
 
         self.tok_emb = nn.Embedding(self.vocab_size, C)
+        # An FSQ code is a mixed-radix number whose digits are quantised latent channels. The encoder adds one
+        # embedding per digit value, so codes that share digits (similar colour, brightness) share part of their
+        # meaning from the first step, instead of 1000 table rows each learned alone. Row 0 is a zero vector
+        # for ids without digits (other modalities).
+        digit_ids = torch.zeros(self.vocab_size, max([len(m.get('levels', ())) for m in mods] + [1]), dtype=torch.long)
+        rows = 1
+        for o, m in zip(offsets, mods):
+            levels = m.get('levels', ())
+            code = torch.arange(m['vocab_size'])
+            for d, L in enumerate(levels):
+                digit_ids[o:o + m['vocab_size'], d] = rows + code % L
+                code, rows = code // L, rows + L
+        self.register_buffer('digit_ids', digit_ids, persistent=False)  # (V, D): rows of digit_emb per id
+        self.digit_emb = nn.Embedding(rows, C, padding_idx=0) if rows > 1 else None
         self.enc_mod_emb = nn.Embedding(len(mods), C)
         self.dec_mod_emb = nn.Embedding(len(mods), C)
         self.drop = nn.Dropout(config.dropout)
@@ -619,11 +634,16 @@ class FourM(nn.Module):
         # positions' scale, as a patch projection would be in a ViT.
         for emb in (self.tok_emb, self.enc_mod_emb, self.dec_mod_emb):
             nn.init.normal_(emb.weight, std=1 / math.sqrt(2))
+        if self.digit_emb is not None:
+            nn.init.normal_(self.digit_emb.weight, std=1 / math.sqrt(2))
+            self.digit_emb.weight.data[0].zero_()
 
     def encode(self, enc_tokens, enc_pos, enc_mod, enc_pad):
         """Visible tokens (B, N_in) -> context for the decoder (B, N_in, C)."""
-        x = self.tok_emb(enc_tokens + self.vocab_offset[enc_mod]) + self.enc_mod_emb(enc_mod) \
-            + self.pos_table[enc_mod, enc_pos]  # (B, N_in, C)
+        ids = enc_tokens + self.vocab_offset[enc_mod]
+        x = self.tok_emb(ids) + self.enc_mod_emb(enc_mod) + self.pos_table[enc_mod, enc_pos]  # (B, N_in, C)
+        if self.digit_emb is not None:
+            x = x + self.digit_emb(self.digit_ids[ids]).sum(-2)
         x = self.drop(x)
         mask = self_attention_mask(~enc_pad)  # (B, 1, N_in, N_in)
         for block in self.encoder:

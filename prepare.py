@@ -291,7 +291,8 @@ def prepare_clevr(args):
 
     grid, n_cells = list(CLEVR_GRID), CLEVR_GRID[0] * CLEVR_GRID[1]
     modalities = {  # the order here is the modality order models see
-        'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, tokenizer='tokenizers/rgb.pt'),
+        'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, levels=list(model.cfg.levels),
+                    tokenizer='tokenizers/rgb.pt'),
         'depth': dict(kind='image', codec='depth_bins', vocab_size=CLEVR_DEPTH_BINS, depth_range=list(CLEVR_DEPTH_RANGE)),
         'normals': dict(kind='image', codec='normal_bins', vocab_size=CLEVR_NORMAL_BINS),
         'semseg': dict(kind='image', codec='classes', vocab_size=clevr.NUM_SEMSEG_CLASSES,

@@ -484,6 +484,8 @@ def main():
                     help="max_seconds in wall time, or in CPU time / threads (fair on a shared machine)")
     ap.add_argument('--widths', default=None, help="override the architecture, e.g. 64,128")
     ap.add_argument('--res_blocks', default=None, help="override the architecture, e.g. 1,2")
+    ap.add_argument('--patch', type=int, default=None, help="override the stem's pixel-unshuffle factor")
+    ap.add_argument('--levels', default=None, help="override the FSQ levels, e.g. 8,5,5,5 (codebook = their product)")
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help="output path (default data/<dataset>/tokenizers/<name>.pt)")
     args = ap.parse_args()
@@ -514,6 +516,13 @@ def main():
     if args.widths:
         cfg.widths = tuple(int(v) for v in args.widths.split(','))
         cfg.res_blocks = tuple(int(v) for v in args.res_blocks.split(','))
+    if args.patch:
+        cfg.patch = args.patch
+    if args.levels:
+        cfg.levels = tuple(int(v) for v in args.levels.split(','))
+    if cfg.grid != grid:
+        raise SystemExit(f"the architecture gives a {cfg.grid}x{cfg.grid} grid, not {grid}x{grid}: "
+                         f"image_size / patch / 2^(len(widths) - 1) must equal --grid")
     print(f"data ready in {time.time() - t0:.1f}s: train {train_images.shape} val {val_images.shape}; config {cfg}")
 
     model, metrics = train_tokenizer(train_images, val_images, cfg, max_seconds=args.max_seconds,

@@ -141,6 +141,22 @@ def test_loss_is_mean_over_modalities_of_per_modality_means(synth):
     assert abs(metrics['loss_rgb'].item() - np.log(8)) < 1e-4
 
 
+def test_fsq_codes_share_digit_embeddings():
+    """An FSQ modality's ids map to one digit-embedding row per digit (mixed radix, first level fastest);
+    other modalities add nothing, and codes sharing a digit share that row."""
+    from model import ModelConfig, build_model
+    mods = ({'name': 'rgb', 'kind': 'image', 'vocab_size': 6, 'num_tokens': 4, 'grid': [2, 2], 'levels': [2, 3]},
+            {'name': 'semseg', 'kind': 'image', 'vocab_size': 3, 'num_tokens': 4, 'grid': [2, 2]})
+    model = build_model(ModelConfig(model_type='4m', n_layer=1, n_head=2, n_embd=16, block_size=8, modalities=mods))
+    # code 5 = digits (5 % 2, 5 // 2) = (1, 2): rows 1 + 1 and 1 + 2 + 2; semseg ids (6, 7, 8) use the zero row
+    assert model.digit_ids[5].tolist() == [2, 5] and model.digit_ids[0].tolist() == [1, 3]
+    assert model.digit_ids[6:].eq(0).all() and model.digit_emb.weight[0].eq(0).all()
+    assert model.digit_emb.num_embeddings == 1 + 2 + 3
+    # without an FSQ modality there is no digit table at all
+    plain = build_model(ModelConfig(model_type='4m', n_layer=1, n_head=2, n_embd=16, block_size=8, modalities=mods[1:]))
+    assert plain.digit_emb is None
+
+
 def test_iterative_decode_schemes_fill_everything():
     from model import iterative_decode, reveal_counts
     assert reveal_counts(torch.tensor([16]), 4, 'linear')[:, 0].tolist() == [4, 4, 4, 4]
