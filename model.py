@@ -727,6 +727,8 @@ class FourM(nn.Module):
         if known is not None:
             items.append((*known, False))
         for name, x, p, whole in items:
+            if x.size(1) == 0:  # e.g. no target token decided yet
+                continue
             m = self.modality_id(name)
             toks.append(x)
             pos.append(p)
