@@ -322,6 +322,11 @@ class FourMData:
         self.alphas = []  # mixture components, each an alpha per modality
         for a in config.get('dirichlet_alphas', (1.0,)):
             a = np.full(len(names), float(a)) if np.isscalar(a) else np.asarray(a, dtype=np.float64)
+            if a.ndim == 1 and len(a) < len(names) and not config.get('train_modalities'):  # e.g. a config from
+                # before the dataset gained a modality (prepare.py clevr added boxes after caption)
+                raise DataError(f"dirichlet_alphas has an entry with {len(a)} alphas but dataset {dataset!r} has "
+                                f"{len(names)} modalities {names}: set --train_modalities={tuple(names[:len(a)])} "
+                                f"or give one alpha per modality")
             if a.shape != (len(names),) or (a < 0).any():
                 raise DataError(f"dirichlet_alphas: each entry is one alpha >= 0 or one per modality {names}, not {a}")
             self.alphas.append(a)

@@ -515,6 +515,19 @@ def train_object_judge(num_scenes=3000, steps=1000, batch_size=256, seed=0):
     return judge.eval()
 
 
+def load_object_judge(path, seed=0, log=print):
+    """The judge saved at path, or a new one trained (deterministically for the seed) and saved there."""
+    judge = ObjectJudge()
+    if os.path.exists(path):
+        judge.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        return judge.eval()
+    t0 = time.time()
+    judge = train_object_judge(seed=seed)
+    torch.save(judge.state_dict(), path)
+    log(f"  trained the caption->rgb object judge in {time.time() - t0:.0f}s -> {path}")
+    return judge
+
+
 def render_val_truth(dataset, n):
     """Ground truth of val scenes 0..n-1, rendered again (scene i of a split is a pure function of its seed), checked
     against the prepared caption tokens so a mismatched dataset is caught."""
@@ -608,14 +621,13 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
     for d in specialist_dirs:
         spec_model, spec_ckpt = load_model(d)
         specialists[direction_of(spec_ckpt)] = spec_model
-    t0 = time.time()
-    judge = train_object_judge(seed=seed) if 'rgb' in model.names and 'caption' in model.names else None
-    notes = []
-    if judge is not None:
+    judge, notes = None, []
+    if 'rgb' in model.names and 'caption' in model.names:
+        judge = load_object_judge(os.path.join(model_dir, 'object_judge.pt'), seed, log)
         objects = judged_objects(truth['visible'])
         real = [objects_found(c, s, o) for (c, s), o in zip(judge.judge(truth['rgb'], objects), objects)]
-        notes.append(f"caption->rgb judge (a small CNN on 24x24 windows, trained on train-split renders in "
-                     f"{time.time() - t0:.0f}s) finds {np.mean(real) * 100:.1f}% of the objects in the real val images")
+        notes.append(f"caption->rgb judge (a small CNN on 24x24 windows around each object's true box, trained on "
+                     f"train-split renders) finds {np.mean(real) * 100:.1f}% of the objects in the real val images")
     rows = []
     for direction in SCORECARD_DIRECTIONS:
         source, target = direction.split('->')
