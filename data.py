@@ -290,7 +290,8 @@ class FourMData:
         names = list(config.get('train_modalities') or available)
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}")
+            raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}: drop them, "
+                            f"or rebuild the dataset if they are new (python prepare.py clevr writes boxes too)")
         self.names = names
         self.specs = [dict(name=n, **{k: self.meta['modalities'][n][k] for k in ('kind', 'vocab_size', 'num_tokens', 'grid')})
                       for n in names]  # what the model needs to know of each modality
