@@ -631,9 +631,10 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
         judge = load_object_judge(os.path.join(model_dir, 'object_judge.pt'), seed, log)
         objects = judged_objects(truth['visible'])
         real = [objects_found(seen, o) for seen, o in zip(judge.judge(truth['rgb'], objects), objects)]
+        other = [objects_found(seen, o) for seen, o in zip(judge.judge(np.roll(truth['rgb'], 1, 0), objects), objects)]
         notes.append(f"caption->rgb judge (a small CNN on 24x24 windows within 8 pixels of each object's true box, "
                      f"trained on train-split renders) finds {np.mean(real) * 100:.1f}% of the objects in the real val "
-                     f"images")
+                     f"images, and {np.mean(other) * 100:.1f}% in the image of another scene (the chance floor)")
     rows = []
     for direction in SCORECARD_DIRECTIONS:
         source, target = direction.split('->')
