@@ -674,7 +674,7 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
         log(f"  {direction}: {time.time() - t0:.1f}s")
     notes.append(f"{n} val scenes; 4M = {model_dir}; images one pass (depth: median bin), sequences greedy "
                  f"({'autoregressive' if model.is_ar.any() else f'MaskGIT {steps} steps'}), caption->rgb MaskGIT "
-                 f"{steps} steps at temperature {temperature:g}")
+                 f"{steps} steps at temperature {temperature:g} (the 4M and specialist columns without guidance)")
     return rows, notes
 
 
