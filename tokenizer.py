@@ -327,6 +327,14 @@ def depth_abs_rel(pred, target, valid=None):
     return float(np.mean(np.abs(pred[valid] - target[valid]) / target[valid]))
 
 
+def depth_delta1(pred, target, valid=None, threshold=1.25):
+    """Share of valid pixels whose depth is within a factor `threshold` of the truth: max(p/t, t/p) < 1.25."""
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    valid = np.ones(target.shape, bool) if valid is None else np.asarray(valid, bool)
+    p, t = pred[valid], target[valid]
+    return float(np.mean(np.maximum(p / t, t / p) < threshold))
+
+
 def normals_angular_error(pred, target, valid=None):
     """Mean angle in degrees between (..., 3) normal maps over valid pixels; pred need not be unit length."""
     pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
