@@ -168,7 +168,7 @@ def test_iterative_decode_schemes_fill_everything():
 
 
 def train_args(out, *extra):
-    return [sys.executable, 'train.py', 'config/nano4m_cpu.py', '--dataset=synth4m', f'--out_dir={out}',
+    return [sys.executable, 'train.py', 'config/nano4m_cpu.py', '--dataset=synth4m', f'--out_dir={out}', '--train_modalities=()',
             '--n_layer=1', '--n_layer_dec=1', '--n_head=2', '--n_embd=32', '--batch_size=8', '--eval_iters=2',
             '--log_interval=5', '--eval_interval=20', '--input_budget=(1,16)', '--target_budget=(1,16)',
             '--dirichlet_alphas=(1.0,0.1,(5.0,0.05,0.05))',  # the CPU config's per-modality entry, for 3 modalities
