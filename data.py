@@ -311,7 +311,18 @@ class FourMData:
     (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by a
     Dirichlet(alpha) draw, alpha picked from a mixture; then every modality's positions are shuffled and the
     first ones become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to
-    the largest budgets so their shapes never change (torch.compile, DDP)."""
+    the largest budgets so their shapes never change (torch.compile, DDP).
+
+    Options (training config keys):
+      seq_masking='span'   sequence modalities (caption, boxes) are span-masked as in T5 / 4M instead of token by
+                           token: the input is the sequence with each masked span replaced by one sentinel, the target
+                           is 'sentinel span sentinel span ... <eos>', decoded autoregressively (the batch carries
+                           dec_tokens, each target's previous token, for teacher forcing). The Dirichlet draw still
+                           decides each modality's share: the target share of a sequence's budget is its mask ratio,
+                           and input and target are cut to their budgets. 'random' (default): token by token, as images.
+      input_drop=p         each modality's inputs are all dropped with probability p (for classifier-free guidance)
+      input_modalities, target_modalities   which modalities may be inputs / targets (default: all); a specialist
+                           for one direction is e.g. ('rgb',) -> ('depth',)"""
 
     def __init__(self, dataset, config):
         self.meta = load_meta(dataset)
@@ -322,10 +333,31 @@ class FourMData:
         names = list(config.get('train_modalities') or available)
         unknown = [n for n in names if n not in available]
         if unknown:
-            raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}")
+            raise DataError(f"train_modalities names {unknown}, but dataset {dataset!r} has {available}: drop them, "
+                            f"or rebuild the dataset if they are new (python prepare.py clevr writes boxes too)")
         self.names = names
-        self.specs = [dict(name=n, **{k: self.meta['modalities'][n][k] for k in ('kind', 'vocab_size', 'num_tokens', 'grid')})
-                      for n in names]  # what the model needs to know of each modality
+        keys = ('kind', 'vocab_size', 'num_tokens', 'grid', 'levels')  # what the model needs to know of each modality
+        self.specs = [{'name': n, **{k: v for k, v in self.meta['modalities'][n].items() if k in keys}} for n in names]
+        self.seq_masking = config.get('seq_masking', 'random')
+        if self.seq_masking not in ('random', 'span'):
+            raise DataError(f"seq_masking must be 'random' or 'span', not {self.seq_masking!r}")
+        self.span = np.array([s['kind'] == 'sequence' and self.seq_masking == 'span' for s in self.specs])
+        for spec, span in zip(self.specs, self.span):
+            if span:  # the sentinels extend the modality's vocabulary; eos and pad frame a sequence in a scene row
+                words = self.meta['modalities'][spec['name']].get('words') or []
+                if '<eos>' not in words or '<pad>' not in words:
+                    raise DataError(f"seq_masking='span' needs '<eos>' and '<pad>' in the 'words' of sequence modality "
+                                    f"{spec['name']!r} (meta.json); re-run prepare.py, or use --seq_masking=random")
+                spec.update(eos=words.index('<eos>'), pad=words.index('<pad>'), num_sentinels=spec['num_tokens'] // 3 + 1)
+                spec['vocab_size'] += spec['num_sentinels']
+        roles = []
+        for key in ('input_modalities', 'target_modalities'):
+            chosen = list(config.get(key) or names)
+            if [n for n in chosen if n not in names]:
+                raise DataError(f"{key}={tuple(chosen)} names modalities outside train_modalities {names}")
+            roles.append(np.array([n in chosen for n in names]))
+        self.is_input, self.is_target = roles
+        self.input_drop = float(config.get('input_drop', 0.0))
         self.num_tokens = np.array([s['num_tokens'] for s in self.specs])
         self.first = np.concatenate([[0], np.cumsum(self.num_tokens)[:-1]])  # column of each modality in a scene row
         total = int(self.num_tokens.sum())
@@ -334,6 +366,11 @@ class FourMData:
         self.alphas = []  # mixture components, each an alpha per modality
         for a in config.get('dirichlet_alphas', (1.0,)):
             a = np.full(len(names), float(a)) if np.isscalar(a) else np.asarray(a, dtype=np.float64)
+            if a.ndim == 1 and len(a) < len(names) and not config.get('train_modalities'):  # e.g. a config from
+                # before the dataset gained a modality (prepare.py clevr added boxes after caption)
+                raise DataError(f"dirichlet_alphas has an entry with {len(a)} alphas but dataset {dataset!r} has "
+                                f"{len(names)} modalities {names}: set --train_modalities={tuple(names[:len(a)])} "
+                                f"or give one alpha per modality")
             if a.shape != (len(names),) or (a < 0).any():
                 raise DataError(f"dirichlet_alphas: each entry is one alpha >= 0 or one per modality {names}, not {a}")
             self.alphas.append(a)
@@ -349,15 +386,22 @@ class FourMData:
 
     def draw_masks(self, batch_size, rng):
         """Per sample, which positions are inputs and which targets: two (batch_size, n) arrays of column
-        indices into a scene row (all modalities side by side), -1 on padding, and their modality ids."""
+        indices into a scene row (all modalities side by side), -1 on padding, and their modality ids; and
+        (batch_size, M, 2) the input and target budgets of each modality (span-masked ones get no columns)."""
         inputs = np.full((batch_size, self.n_inputs), -1)
         targets = np.full((batch_size, self.n_targets), -1)
+        counts = np.zeros((batch_size, len(self.names), 2), dtype=np.int64)
         for b in range(batch_size):
             n_in = rng.integers(self.input_budget[0], self.input_budget[1] + 1)
             n_tgt = rng.integers(self.target_budget[0], self.target_budget[1] + 1)
             alpha = self.alphas[rng.integers(len(self.alphas))]
-            in_counts = split_budget(n_in, dirichlet(alpha, rng), self.num_tokens * (alpha > 0), rng)
-            tgt_counts = split_budget(n_tgt, dirichlet(alpha, rng), (self.num_tokens - in_counts) * (alpha > 0), rng)
+            in_counts = split_budget(n_in, dirichlet(alpha, rng), self.num_tokens * (alpha > 0) * self.is_input, rng)
+            if self.input_drop > 0:  # classifier-free guidance: the model also learns without a modality's inputs
+                in_counts = in_counts * (rng.random(len(in_counts)) >= self.input_drop)
+            tgt_counts = split_budget(n_tgt, dirichlet(alpha, rng),
+                                      (self.num_tokens - in_counts) * (alpha > 0) * self.is_target, rng)
+            counts[b, :, 0], counts[b, :, 1] = in_counts, tgt_counts
+            in_counts, tgt_counts = in_counts * ~self.span, tgt_counts * ~self.span  # spans are cut in add_spans
             cols_in, cols_tgt = [], []
             for m in range(len(self.names)):
                 order = self.first[m] + rng.permutation(self.num_tokens[m])
@@ -366,18 +410,58 @@ class FourMData:
             cols_in, cols_tgt = np.concatenate(cols_in), np.concatenate(cols_tgt)
             inputs[b, :len(cols_in)] = cols_in
             targets[b, :len(cols_tgt)] = cols_tgt
-        return inputs, targets
+        return inputs, targets, counts
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
         tokens = self.tokens(split)
         num_scenes = len(tokens[self.names[0]])
-        rows = global_draw(torch.randint, num_scenes, batch_size, generator, rank, world_size)
+        rows = global_draw(torch.randint, num_scenes, batch_size * world_size, generator, 0, 1)  # the global batch
         # the masks are drawn for the global batch too (numpy, seeded from the shared generator), then sliced
         rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
-        inputs, targets = self.draw_masks(batch_size * world_size, rng)
-        inputs, targets = (a[rank * batch_size:(rank + 1) * batch_size] for a in (inputs, targets))
-        scene = np.concatenate([np.asarray(tokens[n][rows]) for n in self.names], axis=1)  # (b, all modalities)
-        return {**self.columns_to_batch(scene, inputs, 'enc'), **self.columns_to_batch(scene, targets, 'dec', targets=True)}
+        inputs, targets, counts = self.draw_masks(batch_size * world_size, rng)
+        scene = np.concatenate([np.asarray(tokens[n][rows]) for n in self.names], axis=1)  # (global b, all modalities)
+        spans = [self.span_tokens(row, c, rng) for row, c in zip(scene, counts)] if self.span.any() else None
+        mine = slice(rank * batch_size, (rank + 1) * batch_size)
+        batch = {**self.columns_to_batch(scene[mine], inputs[mine], 'enc'),
+                 **self.columns_to_batch(scene[mine], targets[mine], 'dec', targets=True)}
+        return self.add_spans(batch, spans[mine]) if spans is not None else batch
+
+    def span_tokens(self, scene_row, counts, rng):
+        """One scene row and its (M, 2) budgets -> {span-masked modality m: (input ids, target ids)}, each cut to
+        its budget; ids are within the modality's vocabulary, the sentinels after its words."""
+        out = {}
+        for m in np.flatnonzero(self.span):
+            c_in, c_tgt = (int(c) for c in counts[m])
+            if c_in + c_tgt == 0:
+                continue
+            spec = self.specs[m]
+            seq = scene_row[self.first[m]:self.first[m] + self.num_tokens[m]].tolist()
+            seq = seq[:seq.index(spec['eos'])] if spec['eos'] in seq else seq
+            mask = span_mask(len(seq), round(c_tgt / (c_in + c_tgt) * len(seq)), rng, spec['num_sentinels'])
+            inp, tgt = span_corrupt(seq, mask, spec['vocab_size'] - spec['num_sentinels'], spec['eos'])
+            out[m] = (inp[:c_in], tgt[:c_tgt])
+        return out
+
+    def add_spans(self, batch, spans):
+        """Write each sample's span-masked sequences into the padding after its image tokens, and add dec_tokens:
+        each target's previous token in its sequence (teacher forcing), -1 for none (image targets, the first
+        token of a sequence)."""
+        dec_tokens = torch.full_like(batch['dec_pos'], -1)
+        for b, per_modality in enumerate(spans):
+            i, t = int((~batch['enc_pad'][b]).sum()), int((~batch['dec_pad'][b]).sum())
+            for m, (inp, tgt) in per_modality.items():
+                batch['enc_tokens'][b, i:i + len(inp)] = torch.tensor(inp, dtype=torch.long)
+                batch['enc_pos'][b, i:i + len(inp)] = torch.arange(len(inp))
+                batch['enc_mod'][b, i:i + len(inp)] = int(m)
+                batch['enc_pad'][b, i:i + len(inp)] = False
+                batch['targets'][b, t:t + len(tgt)] = torch.tensor(tgt, dtype=torch.long)
+                batch['dec_pos'][b, t:t + len(tgt)] = torch.arange(len(tgt))
+                batch['dec_mod'][b, t:t + len(tgt)] = int(m)
+                batch['dec_pad'][b, t:t + len(tgt)] = False
+                dec_tokens[b, t + 1:t + len(tgt)] = torch.tensor(tgt[:-1], dtype=torch.long)
+                i, t = i + len(inp), t + len(tgt)
+        batch['dec_tokens'] = dec_tokens
+        return batch
 
     def columns_to_batch(self, scene, cols, prefix, targets=False):
         """Scene rows (b, total) and column indices (b, n) with -1 as padding -> the model's tensors."""
@@ -434,6 +518,69 @@ def split_budget(budget, weights, available, rng):
             share[rng.choice(len(w), p=w)] = 1
         counts += share
     return counts
+
+
+# span masking of sequence modalities (T5, 4M): masked runs of tokens become one sentinel each in the input; the
+# target lists each sentinel followed by the tokens it hides, then <eos>
+
+def random_composition(total, parts, rng):
+    """total split into `parts` positive integers, uniformly among all such splits."""
+    cuts = np.sort(rng.choice(np.arange(1, total), parts - 1, replace=False)) if parts > 1 else np.array([], int)
+    return np.diff(np.concatenate([[0], cuts, [total]])).astype(np.int64)
+
+
+def span_mask(n, num_masked, rng, max_spans, mean_span=3):
+    """(n,) bool: num_masked of n positions masked, in contiguous spans of mean length ~mean_span (at most
+    max_spans spans; all masked positions form a single span when num_masked == n)."""
+    mask = np.zeros(n, dtype=bool)
+    if num_masked <= 0:
+        return mask
+    num_spans = int(np.clip(round(num_masked / mean_span), 1, min(num_masked, n - num_masked + 1, max_spans)))
+    lengths = random_composition(num_masked, num_spans, rng)
+    # the unmasked tokens as num_spans + 1 gaps; the inner gaps are >= 1 so spans never touch, the outer may be 0
+    gaps = random_composition(n - num_masked + 2, num_spans + 1, rng)
+    gaps[0] -= 1
+    gaps[-1] -= 1
+    pos = 0
+    for gap, length in zip(gaps, lengths):
+        pos += gap
+        mask[pos:pos + length] = True
+        pos += length
+    return mask
+
+
+def span_corrupt(seq, mask, first_sentinel, eos):
+    """seq (list of ids), mask (bool per id) -> (input ids, target ids): the input is seq with every masked span
+    replaced by the next sentinel, then <eos>; the target is each sentinel followed by its span, then <eos>."""
+    inp, tgt, sentinel = [], [], first_sentinel - 1
+    for i, tok in enumerate(seq):
+        if mask[i]:
+            if i == 0 or not mask[i - 1]:  # a span starts
+                sentinel += 1
+                inp.append(sentinel)
+                tgt.append(sentinel)
+            tgt.append(int(tok))
+        else:
+            inp.append(int(tok))
+    return inp + [eos], tgt + [eos]
+
+
+def span_reconstruct(inp, tgt, first_sentinel, eos):
+    """The inverse of span_corrupt: input and target ids -> the original sequence (without <eos>)."""
+    spans, current = {}, None
+    for tok in tgt:
+        if tok == eos:
+            break
+        if tok >= first_sentinel:
+            current = spans.setdefault(tok, [])
+        elif current is not None:
+            current.append(tok)
+    out = []
+    for tok in inp:
+        if tok == eos:
+            break
+        out += spans.get(tok, []) if tok >= first_sentinel else [tok]
+    return out
 
 
 # -----------------------------------------------------------------------------

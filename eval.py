@@ -5,7 +5,7 @@ Scores class-conditional image generators on Fashion-MNIST with what we can comp
     python eval.py --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
     python eval.py --mode=speed --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
     python eval.py --mode=speed --dataset=clevr --maskgit_dir=out-clevr-maskgit-cpu --gpt_dir=out-clevr-gpt-cpu
-    python eval.py --mode=speed --dataset=clevr --speed_shape=6x8x256 --speed_batch=128  # the GPU configs' shape
+    python eval.py --mode=speed --dataset=clevr --speed_shape=6x8x256 --speed_batch=64   # the GPU configs' shape
 
 FID needs Inception weights we cannot install offline, so the judge is our own classifier (>= 90% test
 accuracy), saved as data/<dataset>/classifier.pt and loadable with torch.load(weights_only=True):
@@ -24,6 +24,17 @@ tokenizer (the 'tokenizer bound': what any generator over these tokens can reach
 (or depth) tokens; predictions are decoded to full resolution and scored against the rendered ground truth,
 next to the per-position prior (the most common token of each cell in the train split: what a model that
 ignores the input gets) and the token-grid bound (the val tokens themselves: the best the 8x8 tokens allow).
+
+    python eval.py --mode=scorecard --out_dir=out-nano4m-cpu-paper --num_scenes=200 \
+        --specialists=out-spec-rgb-depth,out-spec-rgb-caption --random_dir=out-nano4m-cpu-paper-random
+
+scorecard: on the first num_scenes val scenes, re-rendered by clevr.py for exact ground truth, the directions
+rgb->depth (abs-rel, delta<1.25), rgb->normals (mean angular error), rgb->semseg (mIoU), rgb->caption (attribute
+accuracy after matching objects, exact scene match), caption->rgb (objects a judge trained on ground-truth renders
+finds with the right colour and shape where the scene has them), rgb->boxes (mean IoU after matching), each as
+the 4M model, the tokenizer bound (ground-truth tokens decoded) and a specialist trained on that direction alone;
+plus caption->rgb at each CFG scale and rgb->caption of a model with the other sequence masking. Printed and
+written to out_dir/scorecard.md.
 """
 import json
 import os
@@ -60,7 +71,13 @@ speed_reps = 7              # batch 1: the best of this many rounds over all set
 image_modality = 'rgb'      # a multimodal dataset (clevr): the image and the conditioning modality, as in training
 cond_modality = 'caption'
 out_dir = ''                # --mode=4m: the 4m run to score
-num_scenes = 1000           # --mode=4m: val scenes scored
+num_scenes = 1000           # --mode=4m and scorecard: val scenes scored
+specialists = ''            # --mode=scorecard: comma-separated out_dirs of specialist runs (their direction is read
+                            # from each checkpoint's input_modalities / target_modalities)
+random_dir = ''             # --mode=scorecard: a 4m run trained with the other seq_masking, for the rgb->caption row
+scorecard_cfg = (1.0, 3.0)  # --mode=scorecard: CFG scales for caption->rgb
+scorecard_steps = 8         # --mode=scorecard: MaskGIT steps for generated images (and sequences of 'random' models)
+scorecard_temperature = 1.0 # --mode=scorecard: sampling temperature of caption->rgb
 json_out = ''               # --mode=4m: also write the figures to this file
 seed = 1337
 device = 'cpu'
@@ -249,7 +266,7 @@ def speed_models(meta, grid):
             try:
                 n_layer, n_head, n_embd = (int(x) for x in (speed_shape or '4x4x128').split('x'))
             except ValueError:
-                raise ValueError(f"--speed_shape={speed_shape!r}: write layers x heads x width, e.g. 6x8x256")
+                raise ConfigError(f"--speed_shape={speed_shape!r}: write layers x heads x width, e.g. 6x8x256")
             shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
         if family == 'maskgit':
             shape.update(model_type='maskgit', codebook_size=K, grid_h=grid[0], grid_w=grid[1], cond_vocab_size=V,
@@ -281,7 +298,7 @@ machine's load hits every setting alike); large batch: one round. A batch-1 warm
     dtypes = [d.strip() for d in speed_dtypes.split(',') if d.strip()]
     threads = list(range(1, speed_threads + 1))
     if any(d not in ('float32', 'bfloat16') for d in dtypes) or not dtypes or not threads:
-        raise ValueError(f"--speed_dtypes={speed_dtypes!r} --speed_threads={speed_threads!r}: e.g. "
+        raise ConfigError(f"--speed_dtypes={speed_dtypes!r} --speed_threads={speed_threads!r}: e.g. "
                          f"--speed_dtypes=float32,bfloat16 --speed_threads=2")
     grids = [tuple(meta['grid'])] + ([(speed_grid, speed_grid)] if [speed_grid] * 2 != list(meta['grid']) else [])
     P, default_threads = meta['cond_len'], torch.get_num_threads()
@@ -399,6 +416,339 @@ def print_fourm_table(r):
           f"{r['depth_abs_rel_prior']:.3f}                {r['depth_abs_rel_bound']:.3f}")
 
 # -----------------------------------------------------------------------------
+# scorecard: any-to-any directions on val scenes with exact ground truth (re-rendered by clevr.py), each row as
+# the 4M model | the tokenizer bound (ground truth -> tokens -> decoded) | a specialist (one direction, same size
+# and compute). The metrics are small pure functions, tested on hand-made cases in tests/test_scorecard.py.
+
+CAPTION_ATTRIBUTES = ('size', 'colour', 'material', 'shape', 'depth', 'side')
+
+
+def parse_caption(text):
+    """'a large red metal cube in the back left , a ... .' -> [(size, colour, material, shape, depth, side), ...]:
+    per comma-separated phrase, the first word of each attribute's vocabulary (None where there is none)."""
+    import clevr
+    vocabularies = (clevr.SIZES, clevr.COLOURS, clevr.MATERIALS, clevr.SHAPES, clevr.POSITION_DEPTH, clevr.POSITION_SIDE)
+    objects = []
+    for phrase in text.replace('.', ',').split(','):
+        words = phrase.split()
+        if words:
+            objects.append(tuple(next((w for w in words if w in vocab), None) for vocab in vocabularies))
+    return objects
+
+
+def best_matching(n_pred, n_true, score):
+    """The pairs (i, j) of prediction i and truth j, each used at most once, with the largest total score(i, j):
+    brute force over assignments (scenes hold at most a handful of objects)."""
+    from itertools import permutations
+    if n_pred <= n_true:
+        candidates = ([(i, j) for i, j in zip(range(n_pred), p)] for p in permutations(range(n_true), n_pred))
+    else:
+        candidates = ([(i, j) for i, j in zip(p, range(n_true))] for p in permutations(range(n_pred), n_true))
+    return max(candidates, key=lambda pairs: sum(score(i, j) for i, j in pairs))
+
+
+def caption_scores(pred_text, true_text, max_objects=6):
+    """(attribute accuracy, exact match) of a predicted caption: objects are matched to the true ones to agree on
+    the most attributes; accuracy = agreeing attributes / (6 x the larger object count), so a missing or an
+    extra object costs all its 6 attributes; exact = the same multiset of fully specified objects. Predictions
+    past max_objects are not matched (they still count in the denominator)."""
+    pred, true = parse_caption(pred_text), parse_caption(true_text)
+    denominator = len(CAPTION_ATTRIBUTES) * max(len(pred), len(true))
+    if denominator == 0:
+        return 1.0, True
+
+    def agree(i, j):
+        return sum(a is not None and a == b for a, b in zip(pred[i], true[j]))
+    pairs = best_matching(min(len(pred), max_objects), len(true), agree)
+    exact = sorted(pred) == sorted(true) if all(None not in o for o in pred) else False
+    return sum(agree(i, j) for i, j in pairs) / denominator, exact
+
+
+def box_iou(a, b):
+    """IoU of two inclusive pixel boxes (x0, y0, x1, y1); a generated box with x1 < x0 or y1 < y0 is empty (IoU 0)."""
+    area = lambda r: max(r[2] - r[0] + 1, 0) * max(r[3] - r[1] + 1, 0)
+    inter = area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def boxes_mean_iou(pred, true, max_objects=6):
+    """Mean IoU of one scene's predicted boxes against the true ones (lists of (x0, y0, x1, y1)), matched for the
+    largest total IoU; unmatched boxes on either side score 0 (mean over the larger count); both empty: 1."""
+    n = max(len(pred), len(true))
+    if n == 0:
+        return 1.0
+    pairs = best_matching(min(len(pred), max_objects), len(true), lambda i, j: box_iou(pred[i], true[j]))
+    return sum(box_iou(pred[i], true[j]) for i, j in pairs) / n
+
+
+def objects_found(seen, true_objects):
+    """Share of true objects (dicts with 'colour' and 'shape') found: seen holds, per object, the (colour, shape)
+    pairs a judge saw in the generated image around the object's place; 1 when there is none to find."""
+    if not true_objects:
+        return 1.0
+    return sum((o['colour'], o['shape']) in pairs for pairs, o in zip(seen, true_objects)) / len(true_objects)
+
+
+def crop_window(image, box, jitter=(0, 0), margin=3, size=24):
+    """The pixels around an inclusive box (x0, y0, x1, y1), grown by `margin` and shifted by jitter (dx, dy),
+    sampled to (size, size, 3) float in [0, 1] (nearest pixel, clipped at the borders)."""
+    H, W = image.shape[:2]
+    x0, y0, x1, y1 = box[0] + jitter[0] - margin, box[1] + jitter[1] - margin, box[2] + jitter[0] + margin, box[3] + jitter[1] + margin
+    xs = np.clip(np.floor(x0 + (np.arange(size) + 0.5) * (x1 - x0 + 1) / size), 0, W - 1).astype(int)
+    ys = np.clip(np.floor(y0 + (np.arange(size) + 0.5) * (y1 - y0 + 1) / size), 0, H - 1).astype(int)
+    crop = np.asarray(image)[ys][:, xs]
+    return crop.astype(np.float32) / (255.0 if crop.dtype == np.uint8 else 1.0)
+
+
+class ObjectJudge(nn.Module):
+    """Colour (8) and shape (3 + 'none') of the object in a 24x24 window: a small CNN trained on ground-truth renders
+    (windows jittered by up to 3 pixels), the judge of caption -> rgb. A caption places objects only coarsely (a 3x3
+    grid of regions, ~16 pixels each), so judge() looks at windows shifted by up to `search` pixels around each
+    object's true box: an object drawn about where the scene has it (within ~one token cell) is found."""
+
+    def __init__(self):
+        super().__init__()
+        import clevr
+        self.colours, self.shapes = list(clevr.COLOURS), list(clevr.SHAPES) + ['none']
+        self.body = nn.Sequential(  # (N, 3, 24, 24) -> (N, 128)
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 12, 12)
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 64, 6, 6)
+            nn.Flatten(), nn.Linear(64 * 6 * 6, 128), nn.ReLU())
+        self.colour_head, self.shape_head = nn.Linear(128, len(self.colours)), nn.Linear(128, len(self.shapes))
+
+    def forward(self, x):  # x (N, 24, 24, 3) in [0, 1]
+        h = self.body(x.permute(0, 3, 1, 2) - 0.5)
+        return self.colour_head(h), self.shape_head(h)
+
+    @torch.no_grad()
+    def judge(self, images, objects, search=8, stride=4):
+        """images (N, H, W, 3), objects per image (dicts with 'box') -> per image, per object the set of
+        (colour, shape) pairs seen in the windows shifted by -search..search pixels (step stride) in x and y
+        (windows judged empty are left out)."""
+        shifts = [(dx, dy) for dx in range(-search, search + 1, stride) for dy in range(-search, search + 1, stride)]
+        crops = [crop_window(img, o['box'], jitter=d) for img, objs in zip(images, objects) for o in objs for d in shifts]
+        if not crops:
+            return [[] for _ in objects]
+        colour, shape = (logits.argmax(-1).view(-1, len(shifts)).tolist() for logits in self(torch.from_numpy(np.stack(crops))))
+        out, k = [], 0
+        for objs in objects:
+            out.append([{(self.colours[c], self.shapes[s]) for c, s in zip(colour[k + i], shape[k + i])
+                         if self.shapes[s] != 'none'} for i in range(len(objs))])
+            k += len(objs)
+        return out
+
+
+def judged_objects(objects, min_pixels=20):
+    """The objects caption -> rgb is scored on: visible enough to be judged (>= min_pixels pixels)."""
+    return [[o for o in objs if o['visible_pixels'] >= min_pixels] for objs in objects]
+
+
+def train_object_judge(num_scenes=6000, steps=1000, batch_size=256, seed=0):
+    """ObjectJudge on train-split renders: each visible object's jittered window (its colour and shape), and as
+    many windows of empty ground ('none'). Deterministic for a seed; ~2 min on one CPU core."""
+    import clevr
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    scenes = clevr.render_scenes(num_scenes, seed=clevr.SPLIT_SEEDS['train'], modalities=('rgb', 'instance'))
+    judge = ObjectJudge()
+    crops, colours, shapes = [], [], []
+    for img, inst, objs in zip(scenes['rgb'], scenes['instance'], judged_objects(scenes['objects'])):
+        for o in objs:
+            crops.append(crop_window(img, o['box'], jitter=rng.integers(-3, 4, 2)))
+            colours.append(judge.colours.index(o['colour']))
+            shapes.append(judge.shapes.index(o['shape']))
+        for _ in range(2):  # empty windows, of an object's typical size, where no object pixel falls
+            w, x0, y0 = rng.integers(4, 14), rng.integers(0, 50), rng.integers(16, 50)
+            box = (x0, y0, x0 + w, y0 + w)
+            if not inst[max(0, y0 - 3):y0 + w + 4, max(0, x0 - 3):x0 + w + 4].any():
+                crops.append(crop_window(img, box))
+                colours.append(-100)  # no colour to learn
+                shapes.append(judge.shapes.index('none'))
+    x, c, s = torch.from_numpy(np.stack(crops)), torch.tensor(colours), torch.tensor(shapes)
+    opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ix = torch.randint(len(x), (batch_size,), generator=gen)
+        colour_logits, shape_logits = judge(x[ix])  # (no mirroring: the light from the left is a cue to the shape)
+        loss = F.cross_entropy(colour_logits, c[ix], ignore_index=-100) + F.cross_entropy(shape_logits, s[ix])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return judge.eval()
+
+
+def load_object_judge(path, seed=0, log=print):
+    """The judge saved at path, or a new one trained (deterministically for the seed) and saved there."""
+    judge = ObjectJudge()
+    if os.path.exists(path):
+        judge.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
+        return judge.eval()
+    t0 = time.time()
+    judge = train_object_judge(seed=seed)
+    torch.save(judge.state_dict(), path)
+    log(f"  trained the caption->rgb object judge in {time.time() - t0:.0f}s -> {path}")
+    return judge
+
+
+def render_val_truth(dataset, n):
+    """Ground truth of val scenes 0..n-1, rendered again (scene i of a split is a pure function of its seed), checked
+    against the prepared caption tokens so a mismatched dataset is caught."""
+    import clevr
+    meta = load_meta(dataset)
+    truth = clevr.render_scenes(n, seed=clevr.SPLIT_SEEDS['val'], resolution=meta.get('resolution', 64),
+                                modalities=('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption'))
+    prepared = load_tokens(dataset, 'val')['caption'][:n]
+    if not np.array_equal(truth['caption'], prepared):
+        raise DataError(f"the val scenes of {dataset!r} are not clevr.py's val split: rebuild it with "
+                        f"python prepare.py clevr")
+    # the objects the caption and boxes name: visible, left to right (as clevr.render_scenes orders them)
+    truth['visible'] = [sorted([o for o in objs if o['visible_pixels'] > 0], key=lambda o: o['box'][0] + o['box'][2])
+                        for objs in truth['objects']]
+    return truth
+
+
+def direction_of(checkpoint):
+    """'rgb->depth' for a specialist checkpoint (its input_modalities and target_modalities)."""
+    config = checkpoint['config']
+    inputs, targets = config.get('input_modalities') or (), config.get('target_modalities') or ()
+    if len(targets) != 1 or not inputs:
+        raise DataError(f"a specialist is trained with input_modalities and one target modality "
+                        f"(config/nano4m_cpu_specialist.py); this checkpoint has {tuple(inputs)} -> {tuple(targets)}")
+    return '+'.join(inputs) + '->' + targets[0]
+
+
+def generate_batched(model, inputs, target, batch_size=250, **kw):
+    """model.generate over the scenes in batches: {name: (N, L) int array} -> (N, L_target) array."""
+    n = len(next(iter(inputs.values())))
+    out = []
+    for i in range(0, n, batch_size):
+        batch = {k: torch.from_numpy(v[i:i + batch_size]).long() for k, v in inputs.items()}
+        out.append(model.generate(batch, target, **kw).numpy())
+    return np.concatenate(out)
+
+
+def sequence_tokens(model, inputs, target, seed, steps):
+    """A caption or boxes, greedily: autoregressive for a span model, else MaskGIT steps at temperature 0."""
+    scheme = 'ar' if model.is_ar[model.modality_id(target)] else 'maskgit'
+    return generate_batched(model, inputs, target, scheme=scheme, steps=steps, temperature=0,
+                            generator=torch.Generator().manual_seed(seed))
+
+
+def score_direction(direction, tokens, truth, spec, decoder, judge, n):
+    """Predicted (N, L) tokens of one direction's target -> {metric name: value}."""
+    from data import decode_words
+    from tokenizer import depth_abs_rel, miou, normals_angular_error, depth_delta1
+    import clevr
+    target = direction.split('->')[1]
+    if target == 'depth':
+        depth = decoder.decode('depth', tokens)
+        return {'abs-rel (lower)': depth_abs_rel(depth, truth['depth'][:n], truth['depth_valid'][:n]),
+                'delta<1.25 (higher)': depth_delta1(depth, truth['depth'][:n], truth['depth_valid'][:n])}
+    if target == 'normals':
+        return {'mean angular error, degrees (lower)': normals_angular_error(
+            decoder.decode('normals', tokens), truth['normals'][:n], truth['depth_valid'][:n])}
+    if target == 'semseg':
+        return {'mIoU (higher)': miou(decoder.decode('semseg', tokens), truth['semseg'][:n], spec['vocab_size'])}
+    if target == 'caption':
+        scores = [caption_scores(decode_words(spec, t), clevr.decode_caption(c)) for t, c in zip(tokens, truth['caption'])]
+        return {'attribute accuracy (higher)': float(np.mean([s[0] for s in scores])),
+                'exact scene match (higher)': float(np.mean([s[1] for s in scores]))}
+    if target == 'boxes':
+        ious = [boxes_mean_iou([b[1:] for b in clevr.decode_boxes(t, decoder.size)], [o['box'] for o in objs])
+                for t, objs in zip(tokens, truth['visible'])]
+        return {'mean IoU (higher)': float(np.mean(ious))}
+    if target == 'rgb':
+        images = decoder.decode('rgb', tokens)  # (N, H, W, 3) in [0, 1]
+        objects = judged_objects(truth['visible'][:n])
+        found = [objects_found(seen, objs) for seen, objs in zip(judge.judge(images, objects), objects)]
+        return {'objects with right colour + shape in place (higher)': float(np.mean(found))}
+    raise ValueError(f"no scorecard metric for target {target!r}")
+
+
+SCORECARD_DIRECTIONS = ('rgb->depth', 'rgb->normals', 'rgb->semseg', 'rgb->caption', 'caption->rgb', 'rgb->boxes')
+
+
+def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg_scales=(1.0, 3.0), steps=8,
+              temperature=1.0, seed=1337, log=print):
+    """Every direction of SCORECARD_DIRECTIONS the model knows, on the first num_scenes val scenes. Returns
+    (rows, notes): rows of (direction, metric, 4M, tokenizer bound, specialist or None)."""
+    from sample import load_model
+    model, checkpoint = load_model(model_dir)
+    dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
+    val = load_tokens(dataset, 'val')
+    n = min(num_scenes, len(val['rgb']))
+    truth = render_val_truth(dataset, n)
+    decoder = TokenDecoder(dataset, meta)
+    specialists = {}
+    for d in specialist_dirs:
+        spec_model, spec_ckpt = load_model(d)
+        specialists[direction_of(spec_ckpt)] = spec_model
+    unused = sorted(set(specialists) - set(SCORECARD_DIRECTIONS))
+    if unused:
+        raise DataError(f"--specialists: no scorecard row for {unused}; the rows are {', '.join(SCORECARD_DIRECTIONS)}")
+    judge, notes = None, []
+    if 'rgb' in model.names and 'caption' in model.names:
+        judge = load_object_judge(os.path.join(model_dir, 'object_judge.pt'), seed, log)
+        objects = judged_objects(truth['visible'])
+        real = [objects_found(seen, o) for seen, o in zip(judge.judge(truth['rgb'], objects), objects)]
+        other = [objects_found(seen, o) for seen, o in zip(judge.judge(np.roll(truth['rgb'], 1, 0), objects), objects)]
+        notes.append(f"caption->rgb judge (a small CNN on 24x24 windows within 8 pixels of each object's true box, "
+                     f"trained on train-split renders) finds {np.mean(real) * 100:.1f}% of the objects in the real val "
+                     f"images, and {np.mean(other) * 100:.1f}% in the image of another scene (the chance floor)")
+    rows = []
+    for direction in SCORECARD_DIRECTIONS:
+        source, target = direction.split('->')
+        if source not in model.names or target not in model.names:
+            continue
+        t0 = time.time()
+        inputs = {source: val[source][:n]}
+        spec = meta['modalities'][target]
+
+        def predict(m, cfg=1.0):
+            if target == 'rgb':
+                return generate_batched(m, inputs, 'rgb', scheme='maskgit', steps=steps, temperature=temperature,
+                                        cfg_scale=cfg, generator=torch.Generator().manual_seed(seed))
+            if spec['kind'] == 'sequence':
+                return sequence_tokens(m, inputs, target, seed, steps)
+            return predict_from(m, inputs, target, ordered=target == 'depth')
+        scored = {'4M': score_direction(direction, predict(model), truth, spec, decoder, judge, n),
+                  'bound': score_direction(direction, val[target][:n], truth, spec, decoder, judge, n)}
+        if direction in specialists:
+            scored['specialist'] = score_direction(direction, predict(specialists[direction]), truth, spec, decoder, judge, n)
+        for metric in scored['4M']:
+            rows.append((direction, metric, scored['4M'][metric], scored['bound'][metric],
+                         scored['specialist'][metric] if 'specialist' in scored else None))
+        if target == 'rgb':  # classifier-free guidance on caption -> rgb
+            for cfg in cfg_scales:
+                if cfg != 1.0:
+                    s = score_direction(direction, predict(model, cfg), truth, spec, decoder, judge, n)
+                    rows.append((f'{direction}, CFG scale {cfg:g}', metric, s[metric], None, None))
+        if target == 'caption' and random_dir:  # random-token vs span masking of the caption
+            other, _ = load_model(random_dir)
+            s = score_direction(direction, predict(other), truth, spec, decoder, judge, n)
+            which = 'span' if model.is_ar[model.modality_id('caption')] else 'random-token'
+            other_kind = 'span' if other.is_ar[other.modality_id('caption')] else 'random-token'
+            notes.append(f"rgb->caption: the 4M column is {which} masking; the {other_kind}-masking row is {random_dir}")
+            for metric in s:
+                rows.append((f'{direction}, {other_kind} masking', metric, s[metric], None, None))
+        log(f"  {direction}: {time.time() - t0:.1f}s")
+    notes.append(f"{n} val scenes; 4M = {model_dir}; images one pass (depth: median bin), sequences greedy "
+                 f"({'autoregressive' if model.is_ar.any() else f'MaskGIT {steps} steps'}), caption->rgb MaskGIT "
+                 f"{steps} steps at temperature {temperature:g} (the 4M and specialist columns without guidance)")
+    return rows, notes
+
+
+def scorecard_markdown(rows, notes):
+    """The scorecard as a markdown table (plus notes), the way eval.py prints and writes it."""
+    fmt = lambda v: '' if v is None else f'{v:.3f}'
+    lines = ['| direction | metric | 4M | tokenizer bound | specialist | specialist - 4M |', '|---|---|---|---|---|---|']
+    for direction, metric, model, bound, specialist in rows:
+        gap = '' if specialist is None else f'{specialist - model:+.3f}'
+        lines.append(f'| {direction} | {metric} | {fmt(model)} | {fmt(bound)} | {fmt(specialist)} | {gap} |')
+    return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
+
+# -----------------------------------------------------------------------------
 
 
 def main():
@@ -422,9 +772,20 @@ def main():
             if json_out:
                 with open(json_out, 'w') as f:
                     json.dump(results, f, indent=1)
+        elif mode == 'scorecard':
+            rows, notes = scorecard(out_dir, [d for d in specialists.split(',') if d], random_dir, num_scenes,
+                                    scorecard_cfg, scorecard_steps, scorecard_temperature, seed)
+            table_md = scorecard_markdown(rows, notes)
+            path = os.path.join(out_dir, 'scorecard.md')
+            with open(path, 'w') as f:
+                f.write(table_md)
+            print(table_md + f"written to {path}")
+            if json_out:
+                with open(json_out, 'w') as f:
+                    json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose table, speed, classifier or 4m")
-    except (DataError, FileNotFoundError, KeyError, ValueError) as e:
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose table, speed, classifier, 4m or scorecard")
+    except (DataError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")
 
 

@@ -55,9 +55,12 @@ class ModelConfig:
     # 4m: n_layer is the encoder's depth
     n_layer_dec: int = 0        # decoder depth; 0 means the same as the encoder
     modalities: tuple = ()      # set by the data: one dict per modality, in id order:
-                                # {'name', 'kind': 'image'|'sequence', 'vocab_size', 'num_tokens', 'grid': [h, w]}
+                                # {'name', 'kind': 'image'|'sequence', 'vocab_size', 'num_tokens', 'grid': [h, w],
+                                #  optional 'levels': the FSQ levels of a learned image tokenizer's codes}
     dec_attn: str = 'modality'  # decoder self-attention: 'modality' (a target sees targets of its own modality,
                                 # as in 4M) or 'all' (every target of the sample)
+    seq_masking: str = 'random' # sequence modalities: 'random' (token by token, predicted in parallel like images) or
+                                # 'span' (T5-style spans with sentinels, decoded autoregressively, as in 4M)
 
     @classmethod
     def from_dict(cls, d):
@@ -589,7 +592,14 @@ class FourM(nn.Module):
         for i, (o, v) in enumerate(zip(offsets, vocab_sizes)):
             in_vocab[i, o:o + v] = True
         self.register_buffer('in_vocab', in_vocab, persistent=False)
-        max_tokens = max(m['num_tokens'] for m in mods)
+        assert config.seq_masking in ('random', 'span'), f"unknown seq_masking {config.seq_masking!r}: 'random' or 'span'"
+        assert config.dec_attn in ('modality', 'all'), f"unknown dec_attn {config.dec_attn!r}: 'modality' or 'all'"
+        # the modalities decoded autoregressively: sequences of a span-masking model (their specs carry eos, pad and
+        # num_sentinels, see data.FourMData)
+        is_ar = torch.tensor([m['kind'] == 'sequence' and config.seq_masking == 'span' for m in mods])
+        self.register_buffer('is_ar', is_ar, persistent=False)  # (M,)
+        # sequences get twice their length in positions: a span target (sentinels + spans) can outgrow the sequence
+        max_tokens = max(m['num_tokens'] * (2 if m['kind'] == 'sequence' else 1) for m in mods)
         pos = torch.zeros(len(mods), max_tokens, C)  # (M, P, C)
         for i, m in enumerate(mods):
             h, w = m['grid']
@@ -597,10 +607,24 @@ class FourM(nn.Module):
                 rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
                 pos[i, :h * w] = sincos_2d(rows, cols, C)
             else:
-                pos[i, :h * w] = sincos_1d(torch.arange(h * w), C)
+                pos[i, :2 * h * w] = sincos_1d(torch.arange(2 * h * w), C)
         self.register_buffer('pos_table', pos, persistent=False)
 
         self.tok_emb = nn.Embedding(self.vocab_size, C)
+        # An FSQ code is a mixed-radix number whose digits are quantised latent channels. The encoder adds one
+        # embedding per digit value, so codes that share digits (similar colour, brightness) share part of their
+        # meaning from the first step, instead of 1000 table rows each learned alone. Row 0 is a zero vector
+        # for ids without digits (other modalities).
+        digit_ids = torch.zeros(self.vocab_size, max([len(m.get('levels', ())) for m in mods] + [1]), dtype=torch.long)
+        rows = 1
+        for o, m in zip(offsets, mods):
+            levels = m.get('levels', ())
+            code = torch.arange(m['vocab_size'])
+            for d, L in enumerate(levels):
+                digit_ids[o:o + m['vocab_size'], d] = rows + code % L
+                code, rows = code // L, rows + L
+        self.register_buffer('digit_ids', digit_ids, persistent=False)  # (V, D): rows of digit_emb per id
+        self.digit_emb = nn.Embedding(rows, C, padding_idx=0) if rows > 1 else None
         self.enc_mod_emb = nn.Embedding(len(mods), C)
         self.dec_mod_emb = nn.Embedding(len(mods), C)
         self.drop = nn.Dropout(config.dropout)
@@ -619,11 +643,16 @@ class FourM(nn.Module):
         # positions' scale, as a patch projection would be in a ViT.
         for emb in (self.tok_emb, self.enc_mod_emb, self.dec_mod_emb):
             nn.init.normal_(emb.weight, std=1 / math.sqrt(2))
+        if self.digit_emb is not None:
+            nn.init.normal_(self.digit_emb.weight, std=1 / math.sqrt(2))
+            self.digit_emb.weight.data[0].zero_()
 
     def encode(self, enc_tokens, enc_pos, enc_mod, enc_pad):
         """Visible tokens (B, N_in) -> context for the decoder (B, N_in, C)."""
-        x = self.tok_emb(enc_tokens + self.vocab_offset[enc_mod]) + self.enc_mod_emb(enc_mod) \
-            + self.pos_table[enc_mod, enc_pos]  # (B, N_in, C)
+        ids = enc_tokens + self.vocab_offset[enc_mod]
+        x = self.tok_emb(ids) + self.enc_mod_emb(enc_mod) + self.pos_table[enc_mod, enc_pos]  # (B, N_in, C)
+        if self.digit_emb is not None:
+            x = x + self.digit_emb(self.digit_ids[ids]).sum(-2)
         x = self.drop(x)
         mask = self_attention_mask(~enc_pad)  # (B, 1, N_in, N_in)
         for block in self.encoder:
@@ -635,28 +664,37 @@ class FourM(nn.Module):
         context = self.context_proj(self.enc_norm(x)) + self.pos_table[enc_mod, enc_pos] + self.dec_mod_emb(enc_mod)
         return self.context_norm(context)
 
-    def decode(self, context, enc_pad, dec_pos, dec_mod, dec_pad):
+    def decode(self, context, enc_pad, dec_pos, dec_mod, dec_pad, dec_tokens=None, kv_cache=None):
         """Target queries (B, N_tgt) cross-attending to the context -> logits (B, N_tgt, V), -inf outside each
-        target's own vocabulary slice."""
-        x = self.drop(self.dec_mod_emb(dec_mod) + self.pos_table[dec_mod, dec_pos])  # (B, N_tgt, C)
-        keep = ~dec_pad[:, None, :]  # (B, 1, N_tgt): keys that may be attended
-        if self.config.dec_attn == 'modality':
-            keep = keep & (dec_mod[:, :, None] == dec_mod[:, None, :])  # (B, N_tgt, N_tgt)
-        self_mask = self_attention_mask(keep)
+        target's own vocabulary slice. dec_tokens (B, N_tgt): for autoregressive targets the token before each
+        one (teacher forcing), -1 where there is none. With kv_cache, the queries are the next positions of one
+        autoregressive target and attend causally to the cached earlier ones (generation)."""
+        x = self.dec_mod_emb(dec_mod) + self.pos_table[dec_mod, dec_pos]  # (B, N_tgt, C)
+        if dec_tokens is not None:
+            given = (dec_tokens >= 0)[..., None]
+            x = x + self.tok_emb(dec_tokens.clamp(min=0) + self.vocab_offset[dec_mod]) * given
+        x = self.drop(x)
         cross_mask = cross_attention_mask(~enc_pad, dec_pos.size(1))  # (B, 1, N_tgt, N_in)
-        for block in self.decoder:
-            x = block(x, mask=self_mask, context=context, context_mask=cross_mask)
+        if kv_cache is not None:
+            for i, block in enumerate(self.decoder):
+                x = block(x, causal=True, context=context, context_mask=cross_mask, kv_cache=kv_cache, layer=i)
+            kv_cache.length += dec_pos.size(1)
+        else:
+            self_mask = self_attention_mask(decoder_attention(dec_mod, dec_pos, dec_pad, self.is_ar, self.config.dec_attn))
+            for block in self.decoder:
+                x = block(x, mask=self_mask, context=context, context_mask=cross_mask)
         logits = self.head(self.dec_norm(x))  # (B, N_tgt, V)
         return logits.masked_fill(~self.in_vocab[dec_mod], float('-inf'))
 
-    def forward(self, enc_tokens, enc_pos, enc_mod, enc_pad, dec_pos, dec_mod, dec_pad, targets=None):
+    def forward(self, enc_tokens, enc_pos, enc_mod, enc_pad, dec_pos, dec_mod, dec_pad, targets=None, dec_tokens=None):
         """Tokens are ids within their modality's own vocabulary; positions index the modality's grid (raster
-        order) or sequence; *_pad (bool) marks padding. targets (B, N_tgt) holds -1 on padding.
+        order) or sequence; *_pad (bool) marks padding. targets (B, N_tgt) holds -1 on padding. dec_tokens
+        (seq_masking='span'): each autoregressive target's previous token, -1 for none (see decode).
         Returns (logits (B, N_tgt, V) over the shared id space, loss, metrics): the loss is the mean over target
         tokens of each modality, then the mean over the modalities present in the batch; metrics hold the
         per-modality losses (NaN for a modality with no target tokens in this batch)."""
         context = self.encode(enc_tokens, enc_pos, enc_mod, enc_pad)
-        logits = self.decode(context, enc_pad, dec_pos, dec_mod, dec_pad)
+        logits = self.decode(context, enc_pad, dec_pos, dec_mod, dec_pad, dec_tokens)
         if targets is None:
             return logits, None, {}
         valid = targets >= 0  # (B, N_tgt)
@@ -691,33 +729,55 @@ class FourM(nn.Module):
         spec = self.config.modalities[t]
         if query_pos is None:
             query_pos = torch.arange(spec['num_tokens'], device=device).expand(B, -1)
-        toks, pos, mod = [], [], []
-        for name, x in inputs.items():
-            m = self.modality_id(name)
-            toks.append(x)
-            pos.append(torch.arange(x.size(1), device=device).expand(B, -1))
-            mod.append(torch.full_like(x, m))
-        if known_tokens is not None:
-            toks.append(known_tokens)
-            pos.append(known_pos)
-            mod.append(torch.full_like(known_tokens, t))
-        if toks:
-            enc_tokens, enc_pos, enc_mod = torch.cat(toks, 1), torch.cat(pos, 1), torch.cat(mod, 1)
-        else:  # nothing visible: one padding token (attended anyway, see cross_attention_mask)
-            enc_tokens = enc_pos = enc_mod = torch.zeros(B, 1, dtype=torch.long, device=device)
-        enc_pad = torch.zeros_like(enc_tokens, dtype=torch.bool) if toks else torch.ones_like(enc_tokens, dtype=torch.bool)
+        known = (target, known_tokens, known_pos) if known_tokens is not None else None
+        enc_tokens, enc_pos, enc_mod, enc_pad = self.encoder_inputs(inputs, B, known)
         dec_mod = torch.full_like(query_pos, t)
         logits, _, _ = self(enc_tokens, enc_pos, enc_mod, enc_pad, query_pos, dec_mod, torch.zeros_like(dec_mod, dtype=torch.bool))
         offset = int(self.vocab_offset[t])
         return logits[..., offset:offset + spec['vocab_size']]  # (B, Q, vocab of target)
 
+    def encoder_inputs(self, inputs, batch_size, known=None):
+        """inputs {modality name: tokens (B, L_m)}, each fully visible (a span-masked sequence up to its <eos>;
+        the <pad> after it is padding), plus known = (target name, tokens (B, K), positions (B, K)) or None
+        -> the encoder's (enc_tokens, enc_pos, enc_mod, enc_pad). Nothing visible gives one padding token."""
+        device = self.pos_table.device
+        toks, pos, mod, pad = [], [], [], []
+        items = [(name, x, torch.arange(x.size(1), device=device).expand(batch_size, -1), True)
+                 for name, x in inputs.items()]
+        if known is not None:
+            items.append((*known, False))
+        for name, x, p, whole in items:
+            if x.size(1) == 0:  # e.g. no target token decided yet
+                continue
+            m = self.modality_id(name)
+            toks.append(x)
+            pos.append(p)
+            mod.append(torch.full_like(x, m))
+            if whole and self.is_ar[m]:  # a whole sequence: what follows its first <eos> is padding, as in training
+                is_eos = (x == self.config.modalities[m]['eos']).long()
+                pad.append(is_eos.cumsum(1) - is_eos > 0)
+            else:
+                pad.append(torch.zeros_like(x, dtype=torch.bool))
+        if not toks:  # nothing visible: one padding token (attended anyway, see cross_attention_mask)
+            zeros = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
+            return zeros, zeros, zeros, torch.ones_like(zeros, dtype=torch.bool)
+        return torch.cat(toks, 1), torch.cat(pos, 1), torch.cat(mod, 1), torch.cat(pad, 1)
+
     @torch.no_grad()
     def generate(self, inputs, target, scheme='maskgit', steps=8, temperature=1.0, top_k=None, top_p=None,
-                 schedule=None, generator=None):
-        """All tokens (B, L) of modality `target` given inputs {name: tokens (B, L_m)}, decoded iteratively:
-        the target tokens decided so far join the encoder input, the still unknown ones are the decoder's
-        queries. Schedule: cosine for maskgit, linear (constant per step) for roar, unless given."""
+                 schedule=None, generator=None, cfg_scale=1.0, kv_cache=True):
+        """All tokens (B, L) of modality `target` given inputs {name: tokens (B, L_m)}. Image targets (and
+        sequences of a 'random' model) are decoded iteratively: the target tokens decided so far join the encoder
+        input, the still unknown ones are the decoder's queries; schedule: cosine for maskgit, linear (constant per
+        step) for roar, unless given. Sequences of a 'span' model need scheme='ar' (generate_sequence).
+        cfg_scale != 1: classifier-free guidance against the same prediction with the inputs removed."""
         t = self.modality_id(target)
+        if bool(self.is_ar[t]) != (scheme == 'ar'):
+            raise ValueError(f"{target!r} is decoded with scheme=ar by this model (seq_masking='span')" if self.is_ar[t]
+                             else f"scheme=ar is for the sequence modalities of a seq_masking='span' model; decode "
+                                  f"{target!r} with scheme=maskgit or scheme=roar")
+        if scheme == 'ar':
+            return self.generate_sequence(inputs, target, temperature, top_k, top_p, cfg_scale, generator, kv_cache)
         L = self.config.modalities[t]['num_tokens']
         B = next(iter(inputs.values())).size(0)
         device = self.pos_table.device
@@ -726,7 +786,8 @@ class FourM(nn.Module):
         def predict_logits_fn(tokens, mask, cond_dropped):
             # every row has as many unknown tokens as the others (one schedule), so the selections are (B, K), (B, Q)
             known_pos, query_pos = positions[~mask].view(B, -1), positions[mask].view(B, -1)
-            logits = self.predict(inputs, target, query_pos, tokens[~mask].view(B, -1), known_pos).float()
+            given = {} if cond_dropped else inputs  # unconditional: the condition removed, the decided tokens kept
+            logits = self.predict(given, target, query_pos, tokens[~mask].view(B, -1), known_pos).float()
             out = torch.zeros(B, L, logits.size(-1), device=device)
             return out.scatter(1, query_pos[..., None].expand_as(logits), logits)  # (B, L, V)
 
@@ -735,8 +796,71 @@ class FourM(nn.Module):
         schedule = schedule or ('cosine' if scheme == 'maskgit' else 'linear')
         tokens, _ = iterative_decode(predict_logits_fn, tokens, mask, steps=min(steps, L), scheme=scheme,
                                      schedule=schedule, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     generator=generator)
+                                     cfg_scale=cfg_scale, generator=generator)
         return tokens
+
+    @torch.no_grad()
+    def generate_sequence(self, inputs, target, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
+                          generator=None, kv_cache=True):
+        """A whole sequence modality, autoregressively (seq_masking='span'): the target is one span covering the
+        sequence, so it starts with the first sentinel; then one token per step until <eos>. The encoder runs
+        once; the decoder keeps its self-attention keys in a KV cache (kv_cache=False re-runs it over the whole
+        prefix every step: the slow reference). cfg_scale != 1 runs a second stream with the inputs removed,
+        as one batch of 2B. Returns (B, num_tokens) in the dataset's layout: tokens, <eos>, then <pad>."""
+        t = self.modality_id(target)
+        spec = self.config.modalities[t]
+        L, eos, V = spec['num_tokens'], spec['eos'], spec['vocab_size']
+        first_sentinel = V - spec['num_sentinels']
+        B = next(iter(inputs.values())).size(0)
+        enc_tokens, enc_pos, enc_mod, enc_pad = self.encoder_inputs(inputs, B)
+        guided = cfg_scale != 1.0
+        if guided:  # rows B..2B-1: the same tokens, all padding, i.e. nothing visible
+            enc_tokens, enc_pos, enc_mod = (torch.cat([x, x]) for x in (enc_tokens, enc_pos, enc_mod))
+            enc_pad = torch.cat([enc_pad, torch.ones_like(enc_pad)])
+        context = self.encode(enc_tokens, enc_pos, enc_mod, enc_pad)
+        R, device, offset = context.size(0), context.device, int(self.vocab_offset[t])
+        max_len = L + 1  # the sentinel, at most L - 1 tokens, <eos>
+        cache = None
+        if kv_cache:
+            c = self.config
+            cache = KVCache(len(self.decoder), R, c.n_head, c.n_embd // c.n_head, max_len, device, context.dtype)
+        prev = torch.full((R, 1), -1, dtype=torch.long, device=device)  # each position's previous token
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for j in range(max_len):
+            pos = torch.arange(j, j + 1, device=device) if kv_cache else torch.arange(j + 1, device=device)
+            dec_pos = pos.expand(R, -1)
+            dec_tokens = prev[:, -1:] if kv_cache else prev
+            dec_mod, dec_pad = torch.full_like(dec_pos, t), torch.zeros_like(dec_pos, dtype=torch.bool)
+            logits = self.decode(context, enc_pad, dec_pos, dec_mod, dec_pad, dec_tokens, cache)
+            logits = logits[:, -1, offset:offset + V].float()  # (R, V)
+            if guided:
+                logits = cfg_logits(logits[:B], logits[B:], cfg_scale)
+            if j == 0:  # every whole-sequence target starts with the first sentinel
+                nxt = torch.full((B, 1), first_sentinel, dtype=torch.long, device=device)
+            else:
+                logits[:, first_sentinel:] = float('-inf')  # one span only: no further sentinel
+                nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # (B, 1)
+                done |= nxt[:, 0] == eos
+            prev = torch.cat([prev, torch.cat([nxt, nxt]) if guided else nxt], dim=1)
+            if done.all():
+                break
+        out = torch.full((B, L), spec['pad'], dtype=torch.long, device=device)
+        for b, row in enumerate(prev[:B, 2:].tolist()):  # after the -1 and the sentinel
+            row = (row[:row.index(eos)] if eos in row else row)[:L - 1]
+            out[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+            out[b, len(row)] = eos
+        return out
+
+
+def decoder_attention(dec_mod, dec_pos, dec_pad, is_ar, dec_attn='modality'):
+    """Which targets each decoder query may attend: (B, N, N) bool, True = may. Padding is never attended;
+    dec_attn='modality' keeps a query to targets of its own modality (4M), 'all' lets it see every target.
+    A key of an autoregressive modality (is_ar (M,)) carries its teacher-forced previous token, so it is seen
+    only by queries of its own sequence at or after its position (causal): nothing else may peek at the answer."""
+    same = dec_mod[:, :, None] == dec_mod[:, None, :]  # (B, Nq, Nk)
+    keep = ~dec_pad[:, None, :] & (same if dec_attn == 'modality' else True)
+    causal = same & (dec_pos[:, None, :] <= dec_pos[:, :, None])
+    return keep & (~is_ar[dec_mod][:, None, :] | causal)
 
 
 def self_attention_mask(keep):

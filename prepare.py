@@ -226,7 +226,7 @@ CLEVR_RESOLUTION = 64
 CLEVR_DEPTH_RANGE = (4.5, 40.0)  # nearest surface ~5; 40 = clevr.MAX_GROUND_DISTANCE, the sky is clipped to it
 CLEVR_DEPTH_BINS = 64
 CLEVR_NORMAL_BINS = 65          # 64 directions + "no surface"
-CLEVR_RENDER = ('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption')
+CLEVR_RENDER = ('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption', 'boxes')
 CLEVR_RAW = ('depth', 'depth_valid', 'semseg')  # val ground truth kept at full resolution, for eval.py
 
 
@@ -234,7 +234,7 @@ def render_clevr_split(num_scenes, split, keep_raw, grid=(CLEVR_GRID, CLEVR_GRID
     """Render a split in chunks (the normals of 30k scenes alone take 1.5 GB) and tokenize what needs no
     network right away. Returns ({modality: tokens}, rgb images, raw ground truth or None, caption texts)."""
     import clevr
-    tokens = {'depth': [], 'normals': [], 'semseg': [], 'caption': []}
+    tokens = {'depth': [], 'normals': [], 'semseg': [], 'caption': [], 'boxes': []}
     rgb, raw, texts = [], {k: [] for k in CLEVR_RAW}, []
     for start in range(0, num_scenes, chunk):
         n = min(chunk, num_scenes - start)
@@ -245,6 +245,7 @@ def render_clevr_split(num_scenes, split, keep_raw, grid=(CLEVR_GRID, CLEVR_GRID
         tokens['normals'].append(normals_to_tokens(d['normals'], grid, CLEVR_NORMAL_BINS))
         tokens['semseg'].append(classes_to_tokens(d['semseg'], grid, clevr.NUM_SEMSEG_CLASSES))
         tokens['caption'].append(d['caption'].astype(np.int64))
+        tokens['boxes'].append(d['boxes'].astype(np.int64))
         rgb.append(d['rgb'])
         texts += d['caption_text']
         if keep_raw:
@@ -302,13 +303,17 @@ def prepare_clevr(args):
 
     grid, n_cells = list(grid), grid[0] * grid[1]
     modalities = {  # the order here is the modality order models see
-        'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, tokenizer='tokenizers/rgb.pt'),
+        'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, levels=list(model.cfg.levels),
+                    tokenizer='tokenizers/rgb.pt'),
         'depth': dict(kind='image', codec='depth_bins', vocab_size=CLEVR_DEPTH_BINS, depth_range=list(CLEVR_DEPTH_RANGE)),
         'normals': dict(kind='image', codec='normal_bins', vocab_size=CLEVR_NORMAL_BINS),
         'semseg': dict(kind='image', codec='classes', vocab_size=clevr.NUM_SEMSEG_CLASSES,
                        classes=['background'] + clevr.SHAPES),
         'caption': dict(kind='sequence', codec='words', vocab_size=len(clevr.caption_vocab()),
                         words=clevr.caption_vocab(), grid=[1, clevr.CAPTION_LEN], num_tokens=clevr.CAPTION_LEN),
+        # per visible object, left to right: shape, x0, y0, x1, y1 in BOX_BINS bins of the image; then <eos>
+        'boxes': dict(kind='sequence', codec='words', vocab_size=len(clevr.boxes_vocab()), words=clevr.boxes_vocab(),
+                      grid=[1, clevr.BOXES_LEN], num_tokens=clevr.BOXES_LEN, box_bins=clevr.BOX_BINS),
     }
     for spec in modalities.values():
         spec.setdefault('grid', grid)

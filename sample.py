@@ -25,8 +25,13 @@ Images are decoded with the dataset's tokenizer and written as one PNG grid, one
 
 The first element lists the condition (modalities joined by '+'), taken from val scene --sample_idx (and the
 next --num_samples - 1 scenes) or, for a caption, from --caption. Every later element is one generated modality,
-optionally with its own settings after '@': scheme (maskgit | roar), steps, temperature, top_k, top_p; the
-defaults come from the flags of the same names. Writes one PNG per sample (condition, each generated modality,
+optionally with its own settings after '@': scheme (maskgit | roar | ar), steps, temperature, top_k, top_p,
+cfg_scale; the defaults come from the flags of the same names. A sequence modality (caption, boxes) of a model
+trained with seq_masking='span' is decoded autoregressively (scheme ar, KV-cached, until <eos>):
+
+    python sample.py --mode=chain --out_dir=out-nano4m-cpu-paper --chain="rgb->caption@temperature=0" --sample_idx=3
+    python sample.py --mode=chain --out_dir=out-nano4m-cpu-paper --chain="caption->rgb@cfg_scale=3" --caption="..."
+ Writes one PNG per sample (condition, each generated modality,
 and the ground truth below it for a val scene) and the generated text under out_dir/chain/.
 """
 import os
@@ -61,10 +66,12 @@ dtype = 'float32'           # decoding one token at a time is launch/memory boun
 compile = False
 # images (both modes): num_samples per class, one row per class
 steps = 8                   # maskgit and chain (per-step default): decoding steps
-scheme = 'maskgit'          # maskgit and chain (per-step default): 'maskgit' (confidence) | 'roar' (random order)
+scheme = 'maskgit'          # maskgit and chain (per-step default): 'maskgit' (confidence) | 'roar' (random order);
+                            # chain: a sequence modality of a seq_masking='span' model always uses 'ar' (autoregressive)
 schedule = 'cosine'         # maskgit: how many tokens stay masked after each step
 choice_temperature = 4.5    # maskgit: Gumbel noise on the confidence, annealed to 0 over the steps
 cfg_scale = 1.0             # classifier-free guidance: 1 = plain conditional, 0 = unconditional, > 1 guided
+                            # (chain: per-step default; the unconditional prediction has the step's inputs removed)
 return_history = False      # maskgit: also save the decoding process as an image strip
 image_out = ''              # the PNG; '' writes out_dir/samples_<mode>.png
 num_captions = 4            # caption-conditioned images (clevr): rows = val scenes from --sample_idx (or --caption)
@@ -265,7 +272,7 @@ def main():
 # -----------------------------------------------------------------------------
 # chained generation (4m)
 
-STEP_KEYS = {'scheme': str, 'steps': int, 'temperature': float, 'top_k': int, 'top_p': float}
+STEP_KEYS = {'scheme': str, 'steps': int, 'temperature': float, 'top_k': int, 'top_p': float, 'cfg_scale': float}
 
 
 def parse_chain(text, defaults):
@@ -321,10 +328,14 @@ def chain_figure(columns, scale=2):
 
 def run_chain(model, dataset, meta, generator, device_name):
     specs = meta['modalities']
-    defaults = {'scheme': scheme, 'steps': steps, 'temperature': temperature, 'top_k': top_k, 'top_p': top_p}
+    defaults = {'scheme': None, 'steps': steps, 'temperature': temperature, 'top_k': top_k, 'top_p': top_p,
+                'cfg_scale': cfg_scale}
     conditions, plan = parse_chain(chain, defaults)
     for name in conditions + [s['target'] for s in plan]:
         model.modality_id(name)  # raises with the list of known modalities
+    for step in plan:  # a sequence of a span-masking model is autoregressive; everything else takes --scheme
+        ar = bool(model.is_ar[model.modality_id(step['target'])])
+        step['scheme'] = step['scheme'] or ('ar' if ar else scheme)
     decoder = TokenDecoder(dataset, meta)
     truth = None
     if caption:
@@ -347,10 +358,12 @@ def run_chain(model, dataset, meta, generator, device_name):
         t0 = time.time()
         tokens = model.generate(inputs, step['target'], scheme=step['scheme'], steps=step['steps'],
                                 temperature=step['temperature'], top_k=step['top_k'] or None,
-                                top_p=step['top_p'] if step['top_p'] < 1.0 else None, generator=generator)
+                                top_p=step['top_p'] if step['top_p'] < 1.0 else None, generator=generator,
+                                cfg_scale=step['cfg_scale'], kv_cache=kv_cache)
         generated[step['target']] = tokens
         inputs = {**inputs, step['target']: tokens}  # the next step sees what this one made
-        print(f"{step['target']}: {step['scheme']} {step['steps']} steps, temperature {step['temperature']} "
+        how = 'autoregressive' if step['scheme'] == 'ar' else f"{step['scheme']} {step['steps']} steps"
+        print(f"{step['target']}: {how}, temperature {step['temperature']}, cfg_scale {step['cfg_scale']} "
               f"({time.time() - t0:.2f}s)")
 
     def panel(name, tokens):
@@ -372,7 +385,8 @@ def run_chain(model, dataset, meta, generator, device_name):
             name = step['target']
             gen = generated[name][k].cpu().numpy()
             gt = panel(name, truth[name][k].numpy()) if truth is not None else None
-            columns.append((f"{name} ({step['scheme']} {step['steps']})", panel(name, gen), gt))
+            how = step['scheme'] if step['scheme'] == 'ar' else f"{step['scheme']} {step['steps']}"
+            columns.append((f"{name} ({how})", panel(name, gen), gt))
             if 'words' in specs[name]:
                 texts.append(f'{name}: {decode_words(specs[name], gen)}')
         for n in conditions:

@@ -15,7 +15,8 @@ between the two evals around it. Time counts training steps only (batches, forwa
 evals. The table goes to stdout and to --out (markdown); the rows to --out with .jsonl.
 
 Times depend on the machine and on whatever else runs on it; tokens do not. Run it on an idle machine with
-the thread count you will train with (OMP_NUM_THREADS).
+the thread count you will train with (OMP_NUM_THREADS), or on a shared one with OMP_NUM_THREADS=1 --clock=cpu:
+time is then this process's CPU seconds, which other jobs barely inflate.
 """
 import inspect
 import json
@@ -42,6 +43,8 @@ eval_interval = 50
 eval_batches = 8            # fixed val batches per eval...
 eval_batch_size = 32        # ...of this many sequences
 device = 'cpu'
+clock = 'wall'              # 'wall' | 'cpu': time in process CPU seconds / threads, which other jobs on a shared
+                            # machine do not inflate (one thread: the wall time the run takes on an idle core)
 out = 'out-speedrun/speedrun.md'  # the table; the per-run rows and eval curves go next to it (.jsonl)
 # -----------------------------------------------------------------------------
 _config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
@@ -122,8 +125,10 @@ def train_run(cfg, seed, target_loss, eval_set, data):
     accum, B = cfg['gradient_accumulation_steps'], cfg['batch_size']
     history = [(0, 0.0, evaluate(model, eval_set))]
     train_time = 0.0
+    threads = torch.get_num_threads()
+    now = time.perf_counter if clock == 'wall' else (lambda: time.process_time() / threads)
     for it in range(cfg['max_iters']):
-        t0 = time.perf_counter()
+        t0 = now()
         lr = lr_schedule(it, cfg['learning_rate'], cfg['warmup_iters'], cfg['lr_decay_iters'], cfg['min_lr'],
                          cfg['decay_lr'])
         for group in optimizer.param_groups:
@@ -138,7 +143,7 @@ def train_run(cfg, seed, target_loss, eval_set, data):
         optimizer.zero_grad(set_to_none=True)
         if device.startswith('cuda'):
             torch.cuda.synchronize()
-        train_time += time.perf_counter() - t0
+        train_time += now() - t0
         if (it + 1) % eval_interval == 0 or it + 1 == cfg['max_iters']:
             val = evaluate(model, eval_set)
             if not math.isfinite(val):
@@ -181,7 +186,9 @@ def main():
         sys.exit(f"unknown runs {unknown}; suite {suite!r} has: {', '.join(rows)}")
     if 'baseline' not in names:
         names.insert(0, 'baseline')
-    print(f"speedrun: suite {suite}, base {base}, {seeds} seed(s), {torch.get_num_threads()} threads, "
+    if clock not in ('wall', 'cpu') or (clock == 'cpu' and device != 'cpu'):
+        sys.exit(f"clock must be 'wall', or 'cpu' on device cpu, not {clock!r}")
+    print(f"speedrun: suite {suite}, base {base}, {seeds} seed(s), {torch.get_num_threads()} threads, {clock} clock, "
           f"runs: {', '.join(names)}")
 
     try:
@@ -225,6 +232,7 @@ def main():
     print('\n' + table)
     with open(out, 'w') as f:
         f.write(f"Target val loss {target:.4f}; base `{base}`; {seeds} seed(s); {torch.get_num_threads()} threads; "
+                f"{clock} clock; "
                 f"{time.strftime('%Y-%m-%d')}.\n\n{table}\n")
     print(f"wrote {out}")
 

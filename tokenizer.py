@@ -200,10 +200,12 @@ def tokenize_images(model, images, batch_size=256, bf16=False):
 
 def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=None, batch_size=32, lr=2e-3,
                     warmup_steps=100, weight_decay=0.01, l1_weight=0.0, latent_penalty=1.0, bf16=None, hflip=False, seed=0,
-                    device='cpu', clock='wall', log_every=200, verbose=True):
+                    crop=0, device='cpu', clock='wall', log_every=200, verbose=True):
     """Train an ImageTokenizer on (N, C, H, W) uint8 (or float in [0, 1]) images until max_seconds or max_steps.
     The LR warms up linearly then follows a cosine to 10% over the time (or step) budget, whichever is nearer.
     hflip: random horizontal flips (fine for rgb/depth/edges; not for normals, whose x component would flip).
+    crop: train on random crop x crop windows aligned to the token cells (0: whole images). The net is fully
+    convolutional, so it still encodes whole images; a 32x32 crop costs a quarter of a 64x64 image per step.
     clock: 'wall' counts max_seconds in wall time; 'cpu' in process CPU time divided by torch's thread count,
     i.e. the wall time the same work takes on that many dedicated cores (for fair budgets on a shared machine;
     spin-waiting threads count too, so it errs on the short side).
@@ -240,6 +242,10 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
         if hflip:
             flip = torch.rand(batch_size, generator=gen) < 0.5
             x[flip] = x[flip].flip(-1)
+        if crop:
+            cell = cfg.image_size // cfg.grid
+            i, j = (cell * torch.randint((cfg.image_size - crop) // cell + 1, (2,), generator=gen)).tolist()
+            x = x[..., i:i + crop, j:j + crop]
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         model.train()
         with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
@@ -268,7 +274,7 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
     metrics = dict(val_psnr=psnr(recon, _to_float(val_images).numpy()), **codebook_usage(tokens, cfg.codebook_size),
                    steps=step, images_seen=seen, train_seconds=round(train_seconds, 1), clock=clock,
                    wall_seconds=round(wall_seconds, 1), threads=threads,
-                   images_per_second=round(seen / train_seconds, 1), bf16=bool(bf16), batch_size=batch_size, lr=lr,
+                   images_per_second=round(seen / train_seconds, 1), bf16=bool(bf16), batch_size=batch_size, crop=crop, lr=lr,
                    first_loss=losses[0], last_loss=float(np.mean(losses[-20:])))
     return model, metrics
 
@@ -319,6 +325,14 @@ def depth_abs_rel(pred, target, valid=None):
     pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
     valid = np.ones(target.shape, bool) if valid is None else np.asarray(valid, bool)
     return float(np.mean(np.abs(pred[valid] - target[valid]) / target[valid]))
+
+
+def depth_delta1(pred, target, valid=None, threshold=1.25):
+    """Share of valid pixels whose depth is within a factor `threshold` of the truth: max(p/t, t/p) < 1.25."""
+    pred, target = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    valid = np.ones(target.shape, bool) if valid is None else np.asarray(valid, bool)
+    p, t = pred[valid], target[valid]
+    return float(np.mean(np.maximum(p / t, t / p) < threshold))
 
 
 def normals_angular_error(pred, target, valid=None):
@@ -477,6 +491,7 @@ def main():
     ap.add_argument('--num_val', type=int, default=1000, help="clevr held-out scenes (a different seed)")
     ap.add_argument('--batch_size', type=int, default=32)
     ap.add_argument('--lr', type=float, default=2e-3)
+    ap.add_argument('--crop', type=int, default=0, help="train on random crops of this size (0: whole images)")
     ap.add_argument('--l1_weight', type=float, default=0.0)
     ap.add_argument('--bf16', default='auto', choices=['auto', '0', '1'], help="bf16 autocast; auto = if the CPU has it")
     ap.add_argument('--threads', type=int, default=0, help="torch threads (0 = torch's default)")
@@ -484,6 +499,8 @@ def main():
                     help="max_seconds in wall time, or in CPU time / threads (fair on a shared machine)")
     ap.add_argument('--widths', default=None, help="override the architecture, e.g. 64,128")
     ap.add_argument('--res_blocks', default=None, help="override the architecture, e.g. 1,2")
+    ap.add_argument('--patch', type=int, default=None, help="override the stem's pixel-unshuffle factor")
+    ap.add_argument('--levels', default=None, help="override the FSQ levels, e.g. 8,5,5,5 (codebook = their product)")
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--out', default=None, help="output path (default data/<dataset>/tokenizers/<name>.pt)")
     args = ap.parse_args()
@@ -514,10 +531,17 @@ def main():
     if args.widths:
         cfg.widths = tuple(int(v) for v in args.widths.split(','))
         cfg.res_blocks = tuple(int(v) for v in args.res_blocks.split(','))
+    if args.patch:
+        cfg.patch = args.patch
+    if args.levels:
+        cfg.levels = tuple(int(v) for v in args.levels.split(','))
+    if cfg.grid != grid:
+        raise SystemExit(f"the architecture gives a {cfg.grid}x{cfg.grid} grid, not {grid}x{grid}: "
+                         f"image_size / patch / 2^(len(widths) - 1) must equal --grid")
     print(f"data ready in {time.time() - t0:.1f}s: train {train_images.shape} val {val_images.shape}; config {cfg}")
 
     model, metrics = train_tokenizer(train_images, val_images, cfg, max_seconds=args.max_seconds,
-                                     batch_size=args.batch_size, lr=args.lr, l1_weight=args.l1_weight, bf16=bf16,
+                                     batch_size=args.batch_size, lr=args.lr, l1_weight=args.l1_weight, bf16=bf16, crop=args.crop,
                                      hflip=hflip, seed=args.seed, clock=args.clock)
     metrics.update(dataset=args.dataset, modality=args.modality if args.dataset == 'clevr' else 'images', grid=grid,
                    codebook_size=cfg.codebook_size, num_params=sum(p.numel() for p in model.parameters()),

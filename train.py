@@ -64,6 +64,10 @@ input_budget = (1, 128)      # input tokens per sample, uniform in [min, max]; m
 target_budget = (1, 128)     # target tokens per sample, likewise
 dirichlet_alphas = (1.0,)    # mixture of Dirichlet alphas splitting each budget across modalities: each entry one
                              # alpha for all modalities or a tuple with one per modality (0: never takes part)
+input_modalities = ()        # which may be inputs; () = all. A specialist for one direction: e.g.
+target_modalities = ()       # input_modalities=('rgb',), target_modalities=('depth',) (config/nano4m_cpu_specialist.py)
+input_drop = 0.0             # per sample, each modality's inputs are all dropped with this probability (for CFG)
+# (seq_masking='span', a ModelConfig field: T5-style span masking and autoregressive decoding of sequences)
 # optimizer (AdamW; --optimizer=muon and --muon_lr are ModelConfig fields, see model.py)
 learning_rate = 6e-4
 max_iters = 600000

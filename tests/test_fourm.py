@@ -141,6 +141,22 @@ def test_loss_is_mean_over_modalities_of_per_modality_means(synth):
     assert abs(metrics['loss_rgb'].item() - np.log(8)) < 1e-4
 
 
+def test_fsq_codes_share_digit_embeddings():
+    """An FSQ modality's ids map to one digit-embedding row per digit (mixed radix, first level fastest);
+    other modalities add nothing, and codes sharing a digit share that row."""
+    from model import ModelConfig, build_model
+    mods = ({'name': 'rgb', 'kind': 'image', 'vocab_size': 6, 'num_tokens': 4, 'grid': [2, 2], 'levels': [2, 3]},
+            {'name': 'semseg', 'kind': 'image', 'vocab_size': 3, 'num_tokens': 4, 'grid': [2, 2]})
+    model = build_model(ModelConfig(model_type='4m', n_layer=1, n_head=2, n_embd=16, block_size=8, modalities=mods))
+    # code 5 = digits (5 % 2, 5 // 2) = (1, 2): rows 1 + 1 and 1 + 2 + 2; semseg ids (6, 7, 8) use the zero row
+    assert model.digit_ids[5].tolist() == [2, 5] and model.digit_ids[0].tolist() == [1, 3]
+    assert model.digit_ids[6:].eq(0).all() and model.digit_emb.weight[0].eq(0).all()
+    assert model.digit_emb.num_embeddings == 1 + 2 + 3
+    # without an FSQ modality there is no digit table at all
+    plain = build_model(ModelConfig(model_type='4m', n_layer=1, n_head=2, n_embd=16, block_size=8, modalities=mods[1:]))
+    assert plain.digit_emb is None
+
+
 def test_iterative_decode_schemes_fill_everything():
     from model import iterative_decode, reveal_counts
     assert reveal_counts(torch.tensor([16]), 4, 'linear')[:, 0].tolist() == [4, 4, 4, 4]
@@ -152,7 +168,7 @@ def test_iterative_decode_schemes_fill_everything():
 
 
 def train_args(out, *extra):
-    return [sys.executable, 'train.py', 'config/nano4m_cpu.py', '--dataset=synth4m', f'--out_dir={out}',
+    return [sys.executable, 'train.py', 'config/nano4m_cpu.py', '--dataset=synth4m', f'--out_dir={out}', '--train_modalities=()',
             '--n_layer=1', '--n_layer_dec=1', '--n_head=2', '--n_embd=32', '--batch_size=8', '--eval_iters=2',
             '--log_interval=5', '--eval_interval=20', '--input_budget=(1,16)', '--target_budget=(1,16)',
             '--dirichlet_alphas=(1.0,0.1,(5.0,0.05,0.05))',  # the CPU config's per-modality entry, for 3 modalities
@@ -200,3 +216,164 @@ def test_torchrun_two_ranks_4m(synth, data_root, tmp_path):
                  env_extra={'NANO4M_DATA': data_root})
     assert '"world_size": 2' in result.stdout
     assert 'largest weight difference across 2 ranks 0' in result.stdout
+
+
+# -----------------------------------------------------------------------------
+# 4M as in the paper (issue 6): span masking, autoregressive sequences, CFG, specialists
+
+def test_span_masking_round_trip():
+    from data import span_corrupt, span_mask, span_reconstruct
+    rng = np.random.default_rng(0)
+    first_sentinel, eos = 100, 1
+    for _ in range(300):
+        n = int(rng.integers(0, 30))
+        seq = rng.integers(2, 50, n).tolist()
+        k = int(rng.integers(0, n + 1))
+        mask = span_mask(n, k, rng, max_spans=8)
+        assert mask.sum() == k
+        inp, tgt = span_corrupt(seq, mask, first_sentinel, eos)
+        num_spans = int(np.sum(mask[1:] & ~mask[:-1]) + (n > 0 and mask[0]))
+        assert num_spans <= 8 and inp[-1] == eos and tgt[-1] == eos
+        assert [t for t in inp if t >= first_sentinel] == list(range(first_sentinel, first_sentinel + num_spans))
+        assert len(inp) == n - k + num_spans + 1 and len(tgt) == k + num_spans + 1
+        assert span_reconstruct(inp, tgt, first_sentinel, eos) == seq  # masked input + predicted spans = the sequence
+    # everything masked: one span, the input is just [sentinel, eos], the target the whole sequence after the sentinel
+    inp, tgt = span_corrupt([5, 6, 7], span_mask(3, 3, rng, 8), first_sentinel, eos)
+    assert inp == [100, 1] and tgt == [100, 5, 6, 7, 1]
+    inp, tgt = span_corrupt([5, 6, 7, 8], np.array([False, True, False, True]), first_sentinel, eos)
+    assert inp == [5, 100, 7, 101, 1] and tgt == [100, 6, 101, 8, 1]
+
+
+def test_span_batches_teacher_forcing_and_ranks(synth):
+    data = make_data(synth, seq_masking='span', input_budget=(1, 20), target_budget=(1, 20), dirichlet_alphas=(1.0, 0.2))
+    cap = data.names.index('caption')
+    spec = data.specs[cap]
+    assert spec['vocab_size'] == len(WORDS) + spec['num_sentinels'] and spec['eos'] == 1
+    first_sentinel = spec['vocab_size'] - spec['num_sentinels']
+    b = data.get_batch('train', 32, torch.Generator().manual_seed(0))
+    is_cap = (b['dec_mod'] == cap) & ~b['dec_pad']
+    assert is_cap.any() and ((b['enc_mod'] == cap) & ~b['enc_pad']).any()
+    assert ((b['dec_tokens'] >= 0) <= is_cap).all()  # only autoregressive targets carry a previous token
+    for i in range(32):
+        idx = torch.nonzero(is_cap[i])[:, 0]
+        if len(idx):
+            tgt = b['targets'][i, idx]
+            assert b['dec_pos'][i, idx].tolist() == list(range(len(idx)))
+            assert tgt[0] >= first_sentinel  # a target starts with a sentinel
+            assert b['dec_tokens'][i, idx].tolist() == [-1] + tgt[:-1].tolist()  # shifted by one: teacher forcing
+    # a full caption round trip through span_tokens, with budgets large enough not to cut it
+    from data import span_reconstruct
+    row = np.concatenate([np.zeros(32, dtype=np.int64), [2, 3, 4, 5, 6, 1]])  # rgb, depth, then the caption
+    counts = np.zeros((3, 2), dtype=np.int64)
+    counts[cap] = (6, 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
+    for seed in range(5):
+        inp, tgt = data.span_tokens(row, counts, np.random.default_rng(seed))[cap]
+        assert inp[-1] == 1 and tgt[-1] == 1 and len(tgt) - 1 - sum(t >= first_sentinel for t in tgt) == 2
+        assert span_reconstruct(inp, tgt, first_sentinel, 1) == [2, 3, 4, 5, 6]
+    # the global batch is split across ranks exactly as in random mode
+    whole = data.get_batch('train', 8, torch.Generator().manual_seed(4))
+    halves = [data.get_batch('train', 4, torch.Generator().manual_seed(4), rank=r, world_size=2) for r in (0, 1)]
+    for k in whole:
+        assert torch.equal(whole[k], torch.cat([h[k] for h in halves]))
+
+
+def test_input_and_target_modalities_and_input_drop(synth):
+    data = make_data(synth, input_modalities=('rgb',), target_modalities=('depth',), input_budget=(16, 16),
+                     target_budget=(16, 16), dirichlet_alphas=(1.0,))
+    b = data.get_batch('train', 8, torch.Generator().manual_seed(0))
+    assert (b['enc_mod'] == data.names.index('rgb')).all() and (b['dec_mod'] == data.names.index('depth')).all()
+    assert not b['enc_pad'].any() and not b['dec_pad'].any()
+    dropped = make_data(synth, input_drop=1.0, input_budget=(8, 8), target_budget=(8, 8))
+    assert dropped.get_batch('train', 8, torch.Generator().manual_seed(0))['enc_pad'].all()  # nothing visible
+    from data import DataError
+    with pytest.raises(DataError, match='train_modalities'):
+        make_data(synth, target_modalities=('edges',))
+
+
+def test_decoder_attention_mask_within_modality_and_causal():
+    from model import decoder_attention
+    # targets: image modality 0 at positions 3, 5; sequence modality 1 at 0, 1, 2; padding
+    dec_mod = torch.tensor([[0, 0, 1, 1, 1, 0]])
+    dec_pos = torch.tensor([[3, 5, 0, 1, 2, 0]])
+    dec_pad = torch.tensor([[False, False, False, False, False, True]])
+    is_ar = torch.tensor([False, True])
+    keep = decoder_attention(dec_mod, dec_pos, dec_pad, is_ar, 'modality')[0].int()
+    assert keep.tolist() == [[1, 1, 0, 0, 0, 0],   # image targets see their own modality, bidirectionally
+                             [1, 1, 0, 0, 0, 0],
+                             [0, 0, 1, 0, 0, 0],   # the sequence is causal: position p sees positions <= p
+                             [0, 0, 1, 1, 0, 0],
+                             [0, 0, 1, 1, 1, 0],
+                             [1, 1, 0, 0, 0, 0]]   # (a padded query's row is never used)
+    everything = decoder_attention(dec_mod, dec_pos, dec_pad, is_ar, 'all')[0].int()
+    assert everything[0].tolist() == [1, 1, 0, 0, 0, 0]  # an image query never sees a teacher-forced token
+    assert everything[3].tolist() == [1, 1, 1, 1, 0, 0]  # a sequence query may see image queries (they hold no token)
+    random_mode = decoder_attention(dec_mod, dec_pos, dec_pad, torch.tensor([False, False]), 'modality')[0].int()
+    assert random_mode[2].tolist() == [0, 0, 1, 1, 1, 0]  # 'random' sequences: bidirectional, as before
+
+
+def span_model(synth, **kw):
+    data = make_data(synth, seq_masking='span')
+    model = tiny_model(data, seq_masking='span', **kw).eval()
+    for p in model.head.parameters():  # the head starts at zero; make the outputs depend on the inputs
+        torch.nn.init.normal_(p, std=0.5)
+    return data, model
+
+
+def test_autoregressive_generation_cached_uncached_and_teacher_forced(synth, data_root):
+    data, model = span_model(synth)
+    cap = model.modality_id('caption')
+    spec = model.config.modalities[cap]
+    rgb = torch.from_numpy(np.load(os.path.join(data_root, synth, 'val', 'rgb.npy'))[:6]).long()
+    fast = model.generate({'rgb': rgb}, 'caption', scheme='ar', temperature=0, kv_cache=True)
+    slow = model.generate({'rgb': rgb}, 'caption', scheme='ar', temperature=0, kv_cache=False)
+    assert torch.equal(fast, slow) and fast.shape == (6, spec['num_tokens'])
+    # the teacher-forced forward pass over [sentinel, generated tokens] predicts the same greedy tokens: the causal
+    # mask of training is what generation sees
+    first_sentinel = spec['vocab_size'] - spec['num_sentinels']
+    for i in range(6):
+        row = fast[i].tolist()
+        n = row.index(spec['eos'])
+        tgt = [first_sentinel] + row[:n + 1]  # ..., <eos>
+        enc = model.encoder_inputs({'rgb': rgb[i:i + 1]}, 1)
+        dec_pos = torch.arange(len(tgt))[None]
+        dec_tokens = torch.tensor([[-1] + tgt[:-1]])
+        logits = model.decode(model.encode(*enc), enc[3], dec_pos, torch.full_like(dec_pos, cap),
+                              torch.zeros_like(dec_pos, dtype=torch.bool), dec_tokens)
+        offset = int(model.vocab_offset[cap])
+        logits = logits[0, 1:, offset:offset + first_sentinel]  # positions after the sentinel, no sentinels
+        assert logits.argmax(-1).tolist() == tgt[1:]
+    with pytest.raises(ValueError, match='scheme=ar'):
+        model.generate({'rgb': rgb}, 'caption', scheme='roar')
+    with pytest.raises(ValueError, match='scheme=ar'):
+        model.generate({'rgb': rgb}, 'depth', scheme='ar')
+
+
+def test_cfg_scale_one_is_the_conditional_path_and_zero_the_unconditional(synth, data_root):
+    from model import cfg_logits
+    cond, uncond = torch.randn(3, 7), torch.randn(3, 7)
+    assert torch.equal(cfg_logits(cond, uncond, 1.0), cond) and torch.allclose(cfg_logits(cond, uncond, 0.0), uncond)
+    assert torch.allclose(cfg_logits(cond, uncond, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-5)
+    data, model = span_model(synth)
+    rgb = torch.from_numpy(np.load(os.path.join(data_root, synth, 'val', 'rgb.npy'))[:4]).long()
+    for target, kw in (('caption', dict(scheme='ar')), ('depth', dict(scheme='maskgit', steps=4))):
+        plain = model.generate({'rgb': rgb}, target, temperature=1.0, generator=torch.Generator().manual_seed(0), **kw)
+        scale1 = model.generate({'rgb': rgb}, target, temperature=1.0, cfg_scale=1.0,
+                                generator=torch.Generator().manual_seed(0), **kw)
+        assert torch.equal(plain, scale1)
+    # scale 0 is the prediction with the condition removed: one greedy step = the argmax of predict({})
+    uncond = model.generate({'rgb': rgb}, 'depth', scheme='maskgit', steps=1, temperature=0, cfg_scale=0.0)
+    alone = model.predict({}, 'depth', query_pos=torch.arange(16).expand(4, -1)).argmax(-1)
+    assert torch.equal(uncond, alone)
+    assert not torch.allclose(model.predict({'rgb': rgb}, 'depth'), model.predict({}, 'depth', query_pos=torch.arange(16).expand(4, -1)))
+
+
+def test_tiny_span_train_then_ar_chain_with_cfg(synth, data_root, tmp_path):
+    out = str(tmp_path / 'span')
+    env = {'NANO4M_DATA': data_root}
+    run(train_args(out, '--max_iters=10', '--seq_masking=span', '--input_drop=0.2'), env_extra=env)
+    result = run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu', '--num_samples=2',
+                  '--chain=rgb->caption@temperature=0->depth@cfg_scale=2,steps=4'], env_extra=env)
+    assert 'caption: autoregressive' in result.stdout and 'cfg_scale 2.0' in result.stdout
+    bad = run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu',
+               '--chain=rgb->caption@scheme=roar'], env_extra=env, check=False)
+    assert bad.returncode != 0 and 'scheme=ar' in bad.stderr and 'Traceback' not in bad.stderr
