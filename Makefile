@@ -23,6 +23,7 @@ demo: setup
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="caption->semseg->depth->rgb" --sample_idx=0 --num_samples=3; \
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="rgb->depth@temperature=0->normals@temperature=0->semseg@temperature=0" --sample_idx=0 --num_samples=3; \
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="caption->semseg->rgb@scheme=roar,steps=16" --caption="a large red metal cube in the middle left , a small cyan rubber sphere in the front right ."; \
+	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="rgb->caption@temperature=0->boxes@temperature=0" --sample_idx=0 --num_samples=3; \
 	$(PY) eval.py --mode=4m --out_dir=$(CPU4M) --num_scenes=1000; \
 	echo "demo wall time: $$(( $$(date +%s) - start ))s on $$(nproc) cores"
 
