@@ -25,8 +25,8 @@ tokenizer (the 'tokenizer bound': what any generator over these tokens can reach
 next to the per-position prior (the most common token of each cell in the train split: what a model that
 ignores the input gets) and the token-grid bound (the val tokens themselves: the best the 8x8 tokens allow).
 
-    python eval.py --mode=scorecard --out_dir=out-nano4m-cpu-paper --num_scenes=200 \
-        --specialists=out-spec-rgb-depth,out-spec-rgb-caption --random_dir=out-nano4m-cpu-paper-random
+    python eval.py --mode=scorecard --out_dir=out-nano4m-cpu --num_scenes=200 \
+        --specialists=out-spec-rgb-depth,out-spec-rgb-caption --random_dir=out-random1200
 
 scorecard: on the first num_scenes val scenes, re-rendered by clevr.py for exact ground truth, the directions
 rgb->depth (abs-rel, delta<1.25), rgb->normals (mean angular error), rgb->semseg (mIoU), rgb->caption (attribute

@@ -29,8 +29,8 @@ optionally with its own settings after '@': scheme (maskgit | roar | ar), steps,
 cfg_scale; the defaults come from the flags of the same names. A sequence modality (caption, boxes) of a model
 trained with seq_masking='span' is decoded autoregressively (scheme ar, KV-cached, until <eos>):
 
-    python sample.py --mode=chain --out_dir=out-nano4m-cpu-paper --chain="rgb->caption@temperature=0" --sample_idx=3
-    python sample.py --mode=chain --out_dir=out-nano4m-cpu-paper --chain="caption->rgb@cfg_scale=3" --caption="..."
+    python sample.py --mode=chain --out_dir=out-nano4m-cpu --chain="rgb->caption@temperature=0" --sample_idx=3
+    python sample.py --mode=chain --out_dir=out-nano4m-cpu --chain="caption->rgb@cfg_scale=3" --caption="..."
  Writes one PNG per sample (condition, each generated modality,
 and the ground truth below it for a val scene) and the generated text under out_dir/chain/.
 """
