@@ -151,7 +151,7 @@ def train_run(cfg, seed, target_loss, eval_set, data):
             history.append((it + 1, train_time, val))
             if target_loss is not None and val <= target_loss:
                 break
-    return history, accum * B * cfg['block_size']
+    return history, accum * B * (cfg['block_size'] or data.model_args['block_size'])  # 0: the data sets it (4m)
 
 
 def crossing(history, target_loss):
@@ -261,8 +261,8 @@ def speedrun_table(results, names, rows):
             lines.append(f"| {name} | {opts} | {reached}/{len(rs)} | — | — | — | — | {ms:.1f} | {best:.4f} |")
             continue
         tokens, seconds = st
-        ratio_tokens = f"{tokens / base_stats[0]:.2f}" if base_stats else '—'
-        ratio_time = f"{seconds / base_stats[1]:.2f}" if base_stats else '—'
+        ratio_tokens = f"{tokens / base_stats[0]:.2f}" if base_stats and base_stats[0] else '—'
+        ratio_time = f"{seconds / base_stats[1]:.2f}" if base_stats and base_stats[1] else '—'
         lines.append(f"| {name} | {opts} | {reached}/{len(rs)} | {tokens / 1e6:.2f}M | {seconds:.0f}s | {ratio_tokens} | "
                      f"{ratio_time} | {ms:.1f} | {best:.4f} |")
     return '\n'.join(lines)
