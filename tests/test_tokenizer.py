@@ -59,6 +59,25 @@ def test_training_reduces_loss_and_reconstructs(tiny_trained):
         assert key in metrics
 
 
+def test_crop_training_sees_token_aligned_crops_and_encodes_whole_images(monkeypatch):
+    """--crop: each step trains on a crop whose corner lies on the token-cell grid; the model still encodes whole
+    images to the full grid."""
+    images = np.random.default_rng(0).integers(0, 256, (12, 3, 64, 64), dtype=np.uint8)  # noise: every crop is unique
+    cfg = T.config_for(64, 16, 3)
+    seen = []
+    forward = T.ImageTokenizer.forward
+    monkeypatch.setattr(T.ImageTokenizer, 'forward', lambda self, x: (seen.append(x.detach().clone()), forward(self, x))[1])
+    model, metrics = T.train_tokenizer(images[:8], images[8:], cfg, max_seconds=0, max_steps=6, batch_size=4, crop=32,
+                                       warmup_steps=2, bf16=False, verbose=False)
+    assert [c.shape for c in seen[:6]] == [(4, 3, 32, 32)] * 6 and metrics['crop'] == 32
+    full = torch.as_tensor(images[:8]).float() / 255
+    for crop in seen[:6]:  # find where the first crop of each batch came from: a corner on the 4-pixel cell grid
+        where = [(i, j) for i in range(33) for j in range(33)
+                 if any(torch.equal(full[n, :, i:i + 32, j:j + 32], crop[0]) for n in range(8))]
+        assert len(where) == 1 and where[0][0] % 4 == 0 and where[0][1] % 4 == 0
+    assert model.encode(torch.as_tensor(images[8:]).float() / 255).shape == (4, 16, 16)
+
+
 def test_save_load_round_trip(tiny_trained, tmp_path):
     model, metrics, images = tiny_trained
     path = str(tmp_path / 'sub' / 'rgb.pt')
