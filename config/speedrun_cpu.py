@@ -1,6 +1,6 @@
 # The CPU speedrun's best combination (see README, "CPU speedrun"): the CPU recipe's model and data with the
-# speedrun options. It reaches the recipe's 2000-iteration val loss in ~0.21x the tokens and ~0.27x the time
-# (2 seeds, contended 2-core VM; README, "CPU speedrun").
+# speedrun options. It reaches the recipe's 2000-iteration val loss in 0.21x the tokens and 0.30x the time
+# (2 seeds, one thread, CPU clock: ~36 s vs 123 s; README, "CPU speedrun").
 #   python train.py config/speedrun_cpu.py
 out_dir = 'out-speedrun-cpu'
 eval_interval = 100
