@@ -1,7 +1,8 @@
 # nano4M on 2 CPU cores: the README's main job (make demo). CLEVR-like scenes at 8x8 token grids, 3.6M parameters,
 # six modalities (rgb, depth, normals, semseg, caption, boxes), as in the 4M paper: caption and boxes span-masked
 # with sentinels and decoded autoregressively, each modality's inputs dropped with probability 0.1 (for CFG).
-# Measured: TODO
+# Measured: 3400 iterations in 13 min 19 s on 2 idle CPU cores, val loss 4.05 -> 1.27; eval.py --mode=4m: rgb->semseg
+# mIoU 0.318 (per-position prior 0.232, token-grid bound 0.621), rgb->depth abs-rel 0.074 (prior 0.083, bound 0.072).
 #   python prepare.py clevr && python train.py config/nano4m_cpu.py
 # On a machine shared with other busy processes, run with OMP_NUM_THREADS=1: two OpenMP threads that must wait
 # for each other at every op were 10x slower than one thread there (measured: 8 s vs 0.72 s per iteration).
