@@ -364,15 +364,19 @@ def median_bin(probs):
 
 
 @torch.no_grad()
+def in_batches(fn, inputs, batch_size=250):
+    """fn over the scenes in batches: {name: (N, L) int array} -> fn({name: (B, L) long tensor}) -> (N, ...) array."""
+    n = len(next(iter(inputs.values())))
+    return np.concatenate([fn({k: torch.from_numpy(v[i:i + batch_size]).long() for k, v in inputs.items()}).numpy()
+                           for i in range(0, n, batch_size)])
+
+
 def predict_from(model, inputs, target, batch_size=250, ordered=False):
     """One pass per batch: {name: (N, L) tokens} -> (N, L_target) predicted tokens of `target`."""
-    n = len(next(iter(inputs.values())))
-    out = []
-    for i in range(0, n, batch_size):
-        batch = {k: torch.from_numpy(v[i:i + batch_size]).long() for k, v in inputs.items()}
+    def one_pass(batch):
         logits = model.predict(batch, target).float()  # (B, L, V)
-        out.append((median_bin(logits.softmax(-1)) if ordered else logits.argmax(-1)).numpy())
-    return np.concatenate(out)
+        return median_bin(logits.softmax(-1)) if ordered else logits.argmax(-1)
+    return in_batches(one_pass, inputs, batch_size)
 
 
 def fourm_any_to_any_from_rgb(model, dataset, num_scenes=1000, batch_size=250):
@@ -620,12 +624,7 @@ def direction_of(checkpoint):
 
 def generate_batched(model, inputs, target, batch_size=250, **kw):
     """model.generate over the scenes in batches: {name: (N, L) int array} -> (N, L_target) array."""
-    n = len(next(iter(inputs.values())))
-    out = []
-    for i in range(0, n, batch_size):
-        batch = {k: torch.from_numpy(v[i:i + batch_size]).long() for k, v in inputs.items()}
-        out.append(model.generate(batch, target, **kw).numpy())
-    return np.concatenate(out)
+    return in_batches(lambda batch: model.generate(batch, target, **kw), inputs, batch_size)
 
 
 def sequence_tokens(model, inputs, target, seed, steps):
