@@ -2,7 +2,8 @@
 # Measured on one H100 (torchrun, 1 process, batch 64 x 8 micro-steps): 381 iterations in < 4.5 min including
 # compile (a SIGTERM at the time limit checkpointed cleanly), rgb->semseg mIoU 0.280, abs-rel 0.076; the full
 # 40,000 iterations (~5B tokens, the course reference budget) have not been run. That measurement predates the
-# boxes modality, span masking and input_drop below (the CPU config's settings, tested there; not yet on a GPU).
+# boxes modality, span masking, input_drop and grid_conv below (the CPU config's settings, tested there; not yet on
+# a GPU).
 #   python prepare.py clevr && torchrun --standalone --nproc_per_node=8 train.py config/nano4m.py
 out_dir = 'out-nano4m'
 dataset = 'clevr'
@@ -18,6 +19,7 @@ n_embd = 512
 dropout = 0.0
 bias = False
 train_modalities = ()         # all of the dataset's: rgb, depth, normals, semseg, caption, boxes
+grid_conv = 2                 # 3x3 convs over the visible image tokens' grid (model.GridMixer); 0 = the paper's 4M
 seq_masking = 'span'          # caption and boxes as in 4M: span-masked with sentinels, decoded autoregressively
 input_drop = 0.1              # drop all inputs of a modality with this probability, for classifier-free guidance
 input_budget = (1, 128)       # 4M's per-sample budgets, each split across modalities by a Dirichlet draw

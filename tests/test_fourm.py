@@ -106,10 +106,12 @@ def tiny_model(data, **kw):
     return build_model(ModelConfig(**args))
 
 
-def test_padding_is_ignored_by_loss_and_attention(synth):
+@pytest.mark.parametrize('grid_conv', [0, 2])
+def test_padding_is_ignored_by_loss_and_attention(synth, grid_conv):
     data = make_data(synth, input_budget=(1, 10), target_budget=(1, 10))
-    model = tiny_model(data).eval()
-    for p in model.head.parameters():  # the head starts at zero; make the outputs depend on the inputs
+    model = tiny_model(data, grid_conv=grid_conv).eval()
+    zero_init = [model.head.weight] + ([model.grid_mixer.convs[-1].weight] if grid_conv else [])
+    for p in zero_init:  # these start at zero; make the outputs depend on the inputs
         torch.nn.init.normal_(p, std=0.5)
     b = data.get_batch('train', 8, torch.Generator().manual_seed(5))
     b['enc_pad'][0, 1:] = True  # sample 0 sees a single input token
@@ -139,6 +141,30 @@ def test_loss_is_mean_over_modalities_of_per_modality_means(synth):
     assert len(metrics) == 3 and abs(loss.item() - sum(per).item() / len(per)) < 1e-5
     # at init (zero head) each modality's loss is log of its own vocabulary size: per-modality softmax
     assert abs(metrics['loss_rgb'].item() - np.log(8)) < 1e-4
+
+
+def test_grid_mixer_starts_as_a_no_op_and_stays_local(synth):
+    """GridMixer (grid_conv) starts as the plain 4M (its last conv is zero); the visible tokens of the aligned
+    image modalities are averaged per cell; after k 3x3 convs a token reaches only cells within k rows/columns."""
+    from model import GridMixer
+    data = make_data(synth, input_budget=(1, 10), target_budget=(1, 10))
+    plain, mixed = tiny_model(data), tiny_model(data, grid_conv=2)
+    assert mixed.on_grid.tolist() == [True, True, False]  # rgb, depth on the 4x4 grid; not the caption
+    plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if not k.startswith('grid_mixer')})
+    b = data.get_batch('train', 4, torch.Generator().manual_seed(7))
+    assert torch.equal(plain(**b)[0], mixed(**b)[0])
+    torch.manual_seed(0)
+    mixer = GridMixer(8, 2, (6, 6))
+    torch.nn.init.normal_(mixer.convs[-1].weight)
+    x = torch.randn(1, 3, 8)
+    on = torch.tensor([[True, True, False]])
+    pos = torch.tensor([[7, 7, 35]])  # two tokens on cell (1, 1), one off the grid
+    out = mixer(x, on, pos)
+    mean = mixer(((x[:, :1] + x[:, 1:2]) / 2), torch.tensor([[True]]), torch.tensor([[7]]))
+    assert torch.allclose(out, mean, atol=1e-5)  # averaged per cell; the off-grid token counts for nothing
+    reach = (out - mixer(x, on & False, pos)).abs().sum(-1).view(6, 6) > 0
+    rows, cols = torch.nonzero(reach, as_tuple=True)
+    assert rows.max() <= 3 and cols.max() <= 3 and reach[3, 3]  # (1, 1) + 2 cells at most
 
 
 def test_fsq_codes_share_digit_embeddings():
@@ -337,7 +363,7 @@ def test_autoregressive_generation_cached_uncached_and_teacher_forced(synth, dat
         enc = model.encoder_inputs({'rgb': rgb[i:i + 1]}, 1)
         dec_pos = torch.arange(len(tgt))[None]
         dec_tokens = torch.tensor([[-1] + tgt[:-1]])
-        logits = model.decode(model.encode(*enc), enc[3], dec_pos, torch.full_like(dec_pos, cap),
+        logits = model.decode(model.encode(*enc)[0], enc[3], dec_pos, torch.full_like(dec_pos, cap),
                               torch.zeros_like(dec_pos, dtype=torch.bool), dec_tokens)
         offset = int(model.vocab_offset[cap])
         logits = logits[0, 1:, offset:offset + first_sentinel]  # positions after the sentinel, no sentinels
