@@ -566,16 +566,6 @@ class MaskGIT(nn.Module):
 # -----------------------------------------------------------------------------
 # 4M: encoder-decoder over multimodal token sets
 
-def cell_mean(x, on_grid, pos, cells):
-    """x (B, N, C), on_grid (B, N) bool, pos (B, N) cell index -> mean of the on-grid x per cell (B, cells, C),
-    zero for an empty cell."""
-    B, N, C = x.shape
-    idx = torch.where(on_grid, pos, cells)  # everything else goes to a spare cell that is dropped
-    total = x.new_zeros(B, cells + 1, C).scatter_add_(1, idx[..., None].expand(B, N, C), x)
-    count = x.new_zeros(B, cells + 1).scatter_add_(1, idx, on_grid.to(x.dtype))
-    return (total / count.clamp(min=1)[..., None])[:, :cells]
-
-
 class GridMixer(nn.Module):
     """3x3 convolutions over the image grid that the aligned image modalities share (clevr: rgb, depth, normals,
     semseg all on 8x8). The visible tokens' embeddings are averaged per cell, zero where nothing is visible, and
@@ -595,10 +585,20 @@ class GridMixer(nn.Module):
         """x (B, N, C) token embeddings, on_grid (B, N) bool: visible tokens of the grid's modalities, pos (B, N)
         their cells -> features per cell (B, h*w, C)."""
         B, N, C = x.shape
-        g = cell_mean(x, on_grid, pos, self.h * self.w).transpose(1, 2).reshape(B, -1, self.h, self.w)
+        cells = self.h * self.w
+        idx = torch.where(on_grid, pos, cells)  # everything else goes to a spare cell that is dropped
+        total = x.new_zeros(B, cells + 1, C).scatter_add_(1, idx[..., None].expand(B, N, C), x)
+        count = x.new_zeros(B, cells + 1).scatter_add_(1, idx, on_grid.to(x.dtype))
+        g = (total / count.clamp(min=1)[..., None])[:, :cells].transpose(1, 2).reshape(B, C, self.h, self.w)
         for i, conv in enumerate(self.convs):
             g = conv(F.silu(g) if i else g)
         return g.flatten(2).transpose(1, 2)  # (B, h*w, C)
+
+    @staticmethod
+    def read(grid, pos, on_grid):
+        """grid (B, h*w, C), pos (B, N) cells, on_grid (B, N) bool -> the grid's features at each on-grid token,
+        zero elsewhere (B, N, C)."""
+        return grid.gather(1, (pos * on_grid)[..., None].expand(-1, -1, grid.size(-1))) * on_grid[..., None]
 
 
 class FourM(nn.Module):
@@ -699,7 +699,7 @@ class FourM(nn.Module):
         if self.grid_mixer is not None:
             on_grid = self.on_grid[enc_mod] & ~enc_pad
             grid = self.grid_mixer(x, on_grid, enc_pos)
-            x = x + grid.gather(1, (enc_pos * on_grid)[..., None].expand_as(x)) * on_grid[..., None]
+            x = x + GridMixer.read(grid, enc_pos, on_grid)
         x = self.drop(x + self.pos_table[enc_mod, enc_pos])
         mask = self_attention_mask(~enc_pad)  # (B, 1, N_in, N_in)
         for block in self.encoder:
@@ -718,8 +718,7 @@ class FourM(nn.Module):
         autoregressive target and attend causally to the cached earlier ones (generation)."""
         x = self.dec_mod_emb(dec_mod) + self.pos_table[dec_mod, dec_pos]  # (B, N_tgt, C)
         if grid is not None:  # image queries start from what the visible inputs around their cell say
-            on_grid = self.on_grid[dec_mod][..., None]
-            x = x + grid.gather(1, (dec_pos * on_grid[..., 0])[..., None].expand_as(x)) * on_grid
+            x = x + GridMixer.read(grid, dec_pos, self.on_grid[dec_mod])
         if dec_tokens is not None:
             given = (dec_tokens >= 0)[..., None]
             x = x + self.tok_emb(dec_tokens.clamp(min=0) + self.vocab_offset[dec_mod]) * given
