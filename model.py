@@ -10,6 +10,7 @@ behind `ModelConfig.model_type`:
 This file imports nothing of ours (pure torch), so it can be read on its own.
 """
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, asdict, fields
 
 import torch
@@ -241,8 +242,14 @@ class Attention(nn.Module):
                     # new queries sit at positions past..past+T-1 and see every cached key up to their own
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
                 causal = False  # a single new query may see the whole cache
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            # PyTorch's CPU flash-attention kernel is no faster in bf16 than in fp32 forward, and its bf16 backward
+            # is ~2.6x slower (torch 2.13; README, CPU speed): on a CPU, attention itself runs in fp32
+            dtype, on_cpu = q.dtype, q.device.type == 'cpu'
+            if on_cpu and dtype == torch.bfloat16:
+                q, k, v = q.float(), k.float(), v.float()
+            with torch.autocast('cpu', enabled=False) if on_cpu else nullcontext():  # autocast would cast back
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                   dropout_p=self.dropout if self.training else 0.0).to(dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
         return self.resid_dropout(self.out_proj(y))
 
@@ -1137,10 +1144,19 @@ def flops_per_token(model, seq_len):
     c = model.config
     if not any(isinstance(m, Attention) for m in model.modules()):
         return 6 * num_params(model)
-    n_attention = c.n_layer
-    if c.model_type == '4m':  # encoder self-attention, decoder self- and cross-attention; seq_len = inputs + targets
-        n_attention = c.n_layer + 2 * (c.n_layer_dec or c.n_layer)
-    return 6 * num_params(model) + 12 * n_attention * c.n_embd * seq_len
+    if c.model_type == '4m':
+        # seq_len = inputs + targets, taken as equal halves. An input token runs through the encoder and the decoder's
+        # key/value projections, a target token through the rest of the decoder and the head (token embeddings are
+        # lookups): 6N over all parameters would count every token through both halves, ~2x too many
+        n_in = n_tgt = seq_len / 2
+        count = lambda modules: sum(p.numel() for m in modules if m is not None for p in m.parameters())
+        kv = count([block.cross_attn.kv_proj for block in model.decoder])
+        enc = count([model.encoder, model.context_proj, model.grid_mixer]) + kv
+        dec = count([model.decoder, model.head]) - kv
+        n_dec = c.n_layer_dec or c.n_layer
+        attention = 12 * c.n_embd * (c.n_layer * n_in * n_in + n_dec * n_tgt * (n_tgt + n_in))
+        return (6 * (enc * n_in + dec * n_tgt) + attention) / seq_len
+    return 6 * num_params(model) + 12 * c.n_layer * c.n_embd * seq_len
 
 # -----------------------------------------------------------------------------
 # optimizers

@@ -2,9 +2,9 @@
 # six modalities (rgb, depth, normals, semseg, caption, boxes), as in the 4M paper: caption and boxes span-masked
 # with sentinels and decoded autoregressively, each modality's inputs dropped with probability 0.1 (for CFG); plus
 # two 3x3 convs over the image token grid (grid_conv, model.GridMixer; 0 gives the paper's plain 4M).
-# Measured: 3200 iterations in 12 min 57 s on 2 idle CPU cores, val loss 4.05 -> 1.22; eval.py --mode=4m: rgb->semseg
-# mIoU 0.384 (per-position prior 0.232, token-grid bound 0.621; plain 4M 0.318), rgb->depth abs-rel 0.073 (prior
-# 0.083, bound 0.072).
+# Measured: 4400 iterations in 12 min 43 s on 2 idle CPU cores (170 ms each), val loss 4.05 -> 1.22; eval.py --mode=4m:
+# rgb->semseg mIoU 0.407 (per-position prior 0.232, token-grid bound 0.621; plain 4M 0.318 at 3400 iterations),
+# rgb->depth abs-rel 0.073 (prior 0.083, bound 0.072).
 #   python prepare.py clevr && python train.py config/nano4m_cpu.py
 # On a machine shared with other busy processes, run with OMP_NUM_THREADS=1: two OpenMP threads that must wait
 # for each other at every op were 10x slower than one thread there (measured: 8 s vs 0.72 s per iteration).
@@ -33,8 +33,8 @@ target_budget = (64, 64)
 dirichlet_alphas = (1.0, 0.1, (5.0, 0.05, 0.05, 0.05, 0.05, 0.05))
 batch_size = 32
 learning_rate = 2e-3
-max_iters = 3200
-lr_decay_iters = 3200
+max_iters = 4400
+lr_decay_iters = 4400
 warmup_iters = 100
 min_lr = 2e-4
 beta2 = 0.99

@@ -1,6 +1,6 @@
 # A specialist for the scorecard (eval.py --mode=scorecard): the 4M CPU model's size and compute (same iterations,
 # batch and token budgets), trained on one direction only. An overlay on config/nano4m_cpu.py; name the direction
-# and an out_dir per run, e.g. (~14 min on 2 cores, like the 4M run)
+# and an out_dir per run, e.g. (~13 min on 2 cores, like the 4M run)
 #   python train.py config/nano4m_cpu.py config/nano4m_cpu_specialist.py \
 #       --input_modalities="('rgb',)" --target_modalities="('semseg',)" --out_dir=out-spec-rgb-semseg
 # eval.py reads the direction back from the checkpoint.

@@ -118,3 +118,31 @@ def test_crop_block_size():
 def test_unknown_model_type():
     with pytest.raises(ValueError, match="unknown model_type 'gtp'"):
         build_model(ModelConfig(model_type='gtp'))
+
+
+def test_cpu_bf16_attention_runs_in_fp32():
+    # under CPU autocast (training) and with bf16 weights (decoding) attention is computed in fp32 and handed back
+    # in the caller's dtype: results agree with the fp32 model to bf16 precision, and gradients flow
+    model = tiny()
+    x, y = torch.randint(50, (4, 32)), torch.randint(50, (4, 32))
+    ref, ref_loss, _ = model(x, y)
+    model.train()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, loss, _ = model(x, y)
+    loss.backward()
+    assert abs(loss.item() - ref_loss.item()) < 0.05
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    half = tiny().to(torch.bfloat16)
+    out, _, _ = half(x)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), ref[:, -1:].float(), atol=0.1)
+
+
+def test_4m_flops_count_each_token_once():
+    # an input token runs through the encoder, a target token through the decoder: fewer FLOPs than 6N per token
+    from model import flops_per_token, num_params
+    mods = ({'name': 'a', 'kind': 'image', 'vocab_size': 16, 'num_tokens': 16, 'grid': [4, 4]},
+            {'name': 'b', 'kind': 'image', 'vocab_size': 8, 'num_tokens': 16, 'grid': [4, 4]})
+    model = build_model(ModelConfig(model_type='4m', n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=24,
+                                    modalities=mods))
+    f = flops_per_token(model, 32)
+    assert 6 * num_params(model) / 3 < f < 6 * num_params(model)
