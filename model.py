@@ -243,7 +243,7 @@ class Attention(nn.Module):
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
                 causal = False  # a single new query may see the whole cache
             # PyTorch's CPU flash-attention kernel is no faster in bf16 than in fp32 forward, and its bf16 backward
-            # is ~2.6x slower (torch 2.13; README, CPU speed): on a CPU, attention itself runs in fp32
+            # is ~2.5x slower (torch 2.13; README, Stage 1): on a CPU, attention itself runs in fp32
             dtype, on_cpu = q.dtype, q.device.type == 'cpu'
             if on_cpu and dtype == torch.bfloat16:
                 q, k, v = q.float(), k.float(), v.float()
