@@ -1161,13 +1161,14 @@ def flops_per_token(model, seq_len):
 # -----------------------------------------------------------------------------
 # optimizers
 
-def newton_schulz(G, steps=5):
+def newton_schulz(G, steps=5, dtype=torch.float32):
     """An approximation of the semi-orthogonal matrix U Vᵀ nearest to G = U S Vᵀ (all singular values -> 1),
     by the quintic Newton–Schulz iteration of Muon (Jordan et al., 2024): X <- aX + (b·XXᵀ + c·(XXᵀ)²)X. Its
     coefficients trade exactness for speed: after 5 steps the singular values lie in roughly [0.7, 1.2],
-    which trains as well as exact orthogonalisation at a fraction of an SVD's cost (matmuls only)."""
+    which trains as well as exact orthogonalisation at a fraction of an SVD's cost (matmuls only).
+    dtype: bfloat16, as Muon's authors run it, is 2.6x faster on a CPU with native bf16 (README)."""
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.float()
+    X = G.to(dtype)
     tall = X.size(0) > X.size(1)
     if tall:  # iterate on the smaller Gram matrix
         X = X.T
@@ -1187,12 +1188,15 @@ class Muon(torch.optim.Optimizer):
         M <- μM + G;   U <- NewtonSchulz(G + μM)  (Nesterov);   W <- W - lr · sqrt(max(1, out/in)) · U
     The orthogonalised update changes W by the same amount in every direction of its input space, instead of
     mostly along the few dominant directions of G. It is meant for hidden matrices only: embeddings, output
-    heads, norms and biases use AdamW (decoupled weight decay, bias-corrected moments)."""
+    heads, norms and biases use AdamW (decoupled weight decay, bias-corrected moments). Newton–Schulz runs in
+    ns_dtype (configure_optimizer's argument)."""
 
-    def __init__(self, param_groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5):
+    def __init__(self, param_groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5,
+                 ns_dtype=torch.float32):
         defaults = dict(lr=lr, betas=betas, eps=eps, momentum=momentum, ns_steps=ns_steps, weight_decay=0.0,
                         muon=False, lr_scale=1.0)
         super().__init__(param_groups, defaults)
+        self.ns_dtype = ns_dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -1213,7 +1217,7 @@ class Muon(torch.optim.Optimizer):
                         state['momentum_buffer'] = torch.zeros_like(g)
                     buf = state['momentum_buffer']
                     buf.mul_(group['momentum']).add_(g)
-                    update = newton_schulz(g.add(buf, alpha=group['momentum']), group['ns_steps'])
+                    update = newton_schulz(g.add(buf, alpha=group['momentum']), group['ns_steps'], self.ns_dtype)
                     p.add_(update.to(p.dtype), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
                 else:
                     if not state:
@@ -1245,12 +1249,13 @@ def hidden_matrices(model):
     return found
 
 
-def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
+def configure_optimizer(model, weight_decay, learning_rate, betas, device_type, ns_dtype=torch.float32):
     """AdamW with weight decay on >=2-D tensors only (matmul weights, embeddings), not on biases and norms.
 
     With model.config.optimizer == 'muon': Muon on hidden_matrices(model) at config.muon_lr (no weight decay),
     AdamW as above on the rest. Each group's 'lr_scale' is its peak learning rate over learning_rate, so
-    train.py's schedule sets group['lr'] = lr(it) · lr_scale and decays both alike."""
+    train.py's schedule sets group['lr'] = lr(it) · lr_scale and decays both alike. ns_dtype: the precision of
+    Muon's Newton–Schulz matmuls (train.py passes bfloat16 when it trains in bfloat16)."""
     config = model.config
     params = [p for p in model.parameters() if p.requires_grad]
     assert config.optimizer in ('adamw', 'muon'), f"unknown optimizer {config.optimizer!r}: 'adamw' or 'muon'"
@@ -1264,7 +1269,7 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
     groups.append({'params': muon, 'muon': True, 'weight_decay': 0.0, 'lr': config.muon_lr,
                    'lr_scale': config.muon_lr / learning_rate})
-    return Muon(groups, lr=learning_rate, betas=betas, momentum=config.muon_momentum)
+    return Muon(groups, lr=learning_rate, betas=betas, momentum=config.muon_momentum, ns_dtype=ns_dtype)
 
 
 MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT, '4m': FourM, 'lstm': LSTM, 'kgram_mlp': KGramMLP}

@@ -487,6 +487,7 @@ def main():
     ap.add_argument('--modality', default='rgb', choices=['rgb', 'depth', 'normals', 'edges'])
     ap.add_argument('--grid', type=int, default=None, help="token grid side (clevr default 8, fashion_mnist 7)")
     ap.add_argument('--max_seconds', type=float, default=180.0)
+    ap.add_argument('--max_steps', type=int, default=0, help="stop after this many steps (0: only the time budget)")
     ap.add_argument('--num_train', type=int, default=20000, help="clevr training scenes rendered")
     ap.add_argument('--num_val', type=int, default=1000, help="clevr held-out scenes (a different seed)")
     ap.add_argument('--batch_size', type=int, default=32)
@@ -540,7 +541,7 @@ def main():
                          f"image_size / patch / 2^(len(widths) - 1) must equal --grid")
     print(f"data ready in {time.time() - t0:.1f}s: train {train_images.shape} val {val_images.shape}; config {cfg}")
 
-    model, metrics = train_tokenizer(train_images, val_images, cfg, max_seconds=args.max_seconds,
+    model, metrics = train_tokenizer(train_images, val_images, cfg, max_seconds=args.max_seconds, max_steps=args.max_steps or None,
                                      batch_size=args.batch_size, lr=args.lr, l1_weight=args.l1_weight, bf16=bf16, crop=args.crop,
                                      hflip=hflip, seed=args.seed, clock=args.clock)
     metrics.update(dataset=args.dataset, modality=args.modality if args.dataset == 'clevr' else 'images', grid=grid,

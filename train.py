@@ -265,7 +265,8 @@ def main():
               f"{batch_size} x {model_config.block_size})")
 
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype_name == 'float16'))
-    optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type)
+    optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type,
+                                    ns_dtype=torch.bfloat16 if ptdtype_name == 'bfloat16' else torch.float32)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint['optimizer'])
         sampler.set_state(checkpoint['sampler_state'])

@@ -9,7 +9,7 @@ import torch
 
 from conftest import run
 from model import (Block, ModelConfig, Muon, apply_rope, build_model, configure_optimizer, hidden_matrices,
-                   num_params, rope_1d, rope_2d)
+                   newton_schulz, num_params, rope_1d, rope_2d)
 
 
 def tiny(**kw):
@@ -148,6 +148,17 @@ def test_muon_update_is_orthogonal():
         update = (before - w.detach()) / (0.1 * max(1.0, shape[0] / shape[1]) ** 0.5)
         s = torch.linalg.svdvals(update)
         assert s.min() > 0.5 and s.max() < 1.3, s  # near-orthogonal: every singular value close to 1
+
+
+def test_newton_schulz_in_bf16_matches_fp32():
+    """train.py runs Muon's Newton-Schulz in bf16 when it trains in bf16: the result must stay close to fp32's,
+    singular values included."""
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(24, 24), (48, 16), (16, 48)]:
+        G = torch.randn(shape, generator=gen)
+        exact, low = newton_schulz(G), newton_schulz(G, dtype=torch.bfloat16).float()
+        assert ((low - exact).norm() / exact.norm()).item() < 0.05
+        assert torch.allclose(torch.linalg.svdvals(low), torch.linalg.svdvals(exact), atol=0.05)
 
 
 def test_muon_never_touches_embeddings_heads_or_norms():
