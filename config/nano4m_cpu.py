@@ -28,10 +28,13 @@ seq_masking = 'span'          # 'random': the course reference's treatment of se
 input_drop = 0.1
 input_budget = (64, 64)       # fixed budgets: no padding, every position does work
 target_budget = (64, 64)
-# a mixture of three: mixed inputs; inputs mostly from one modality; and all of rgb in, another modality out
-# (alphas per modality, in train_modalities' order). The third component matches how the demo is scored
-# (everything from rgb); the 64-token input budget is exactly rgb's grid.
-dirichlet_alphas = (1.0, 0.1, (5.0, 0.05, 0.05, 0.05, 0.05, 0.05))
+# a mixture of four: mixed inputs; inputs mostly from one modality; and, twice, all of rgb in and one dense
+# modality (depth, normals or semseg) out (alphas per modality, in train_modalities' order; 0: left out). That
+# component matches how the demo is scored (everything from rgb; the 64-token input budget is exactly rgb's
+# grid). Taking it twice and keeping caption and boxes out of it: rgb->semseg mIoU 0.395 -> 0.425 on the same
+# data, at the cost of the sequence directions (val caption loss 0.73 -> 0.93; README Stage 4).
+_rgb_to_dense = (5.0, 0.05, 0.05, 0.05, 0.0, 0.0)
+dirichlet_alphas = (1.0, 0.1, _rgb_to_dense, _rgb_to_dense)
 batch_size = 32
 learning_rate = 2e-3
 max_iters = 4400
