@@ -204,7 +204,8 @@ def prepare_fashion_mnist(args):
     splits = {'train': (images[:-val_size], labels[:-val_size]), 'val': (images[-val_size:], labels[-val_size:]),
               'test': raw['test']}
     from tokenizer import tokenize_images
-    model, tok_meta = fashion_mnist_tokenizer(splits['train'][0], splits['val'][0], out_dir, args.tokenizer_seconds or 150)
+    model, tok_meta = fashion_mnist_tokenizer(splits['train'][0], splits['val'][0], out_dir,
+                                              args.tokenizer_seconds or 150)
     for split, (images, labels) in splits.items():
         tokens = tokenize_images(model, images[:, None])  # (N, 7, 7)
         np.save(os.path.join(out_dir, f'{split}_tokens.npy'), tokens.reshape(len(tokens), -1).astype(np.int16))

@@ -541,9 +541,10 @@ def main():
                          f"image_size / patch / 2^(len(widths) - 1) must equal --grid")
     print(f"data ready in {time.time() - t0:.1f}s: train {train_images.shape} val {val_images.shape}; config {cfg}")
 
-    model, metrics = train_tokenizer(train_images, val_images, cfg, max_seconds=args.max_seconds, max_steps=args.max_steps or None,
-                                     batch_size=args.batch_size, lr=args.lr, l1_weight=args.l1_weight, bf16=bf16, crop=args.crop,
-                                     hflip=hflip, seed=args.seed, clock=args.clock)
+    model, metrics = train_tokenizer(train_images, val_images, cfg, max_seconds=args.max_seconds,
+                                     max_steps=args.max_steps or None, batch_size=args.batch_size, lr=args.lr,
+                                     l1_weight=args.l1_weight, bf16=bf16, crop=args.crop, hflip=hflip, seed=args.seed,
+                                     clock=args.clock)
     metrics.update(dataset=args.dataset, modality=args.modality if args.dataset == 'clevr' else 'images', grid=grid,
                    codebook_size=cfg.codebook_size, num_params=sum(p.numel() for p in model.parameters()),
                    num_train=len(train_images), num_val=len(val_images))
