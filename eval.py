@@ -382,7 +382,7 @@ def predict_from(model, inputs, target, batch_size=250, ordered=False):
 def fourm_any_to_any_from_rgb(model, dataset, num_scenes=1000, batch_size=250):
     """rgb -> semseg pixel mIoU and rgb -> depth pixel abs-rel (sky excluded) on num_scenes val scenes, each as
     (model, per-position prior, token-grid bound). Returns a dict of floats."""
-    from tokenizer import depth_abs_rel, miou
+    from tokenizer import class_ious, depth_abs_rel
     meta = load_meta(dataset)
     specs = meta['modalities']
     val, train = load_tokens(dataset, 'val'), load_tokens(dataset, 'train')
@@ -399,8 +399,11 @@ def fourm_any_to_any_from_rgb(model, dataset, num_scenes=1000, batch_size=250):
         'prior': np.tile(per_position_prior(train['semseg'], num_classes), (n, 1)),
         'bound': val['semseg'][:n],
     }
+    results['semseg_classes'] = specs['semseg'].get('classes') or [str(c) for c in range(num_classes)]
     for k, tokens in candidates.items():
-        results[f'semseg_miou_{k}'] = miou(decoder.decode('semseg', tokens), raw['semseg'], num_classes)
+        ious = class_ious(decoder.decode('semseg', tokens), raw['semseg'], num_classes)
+        results[f'semseg_miou_{k}'] = float(np.nanmean(ious))
+        results[f'semseg_iou_{k}'] = [float(i) for i in ious]
 
     candidates = {
         'model': predict_from(model, inputs, 'depth', batch_size, ordered=True),
@@ -418,6 +421,10 @@ def print_fourm_table(r):
           f"{r['semseg_miou_prior']:.3f}                {r['semseg_miou_bound']:.3f}")
     print(f"rgb -> depth pixel abs-rel, sky excluded (lower)  {r['depth_abs_rel_model']:.3f}   "
           f"{r['depth_abs_rel_prior']:.3f}                {r['depth_abs_rel_bound']:.3f}")
+    if 'semseg_classes' in r:  # where the mIoU comes from
+        for i, name in enumerate(r['semseg_classes']):
+            print(f"  semseg IoU, {name:<34} {r['semseg_iou_model'][i]:.3f}   {r['semseg_iou_prior'][i]:.3f}"
+                  f"                {r['semseg_iou_bound'][i]:.3f}")
 
 # -----------------------------------------------------------------------------
 # scorecard: any-to-any directions on val scenes with exact ground truth (re-rendered by clevr.py), each row as

@@ -351,16 +351,20 @@ def edge_f1(pred, target, threshold=0.5):
     return 1.0 if tp + fp + fn == 0 else float(2 * tp / (2 * tp + fp + fn))
 
 
-def miou(pred, target, num_classes):
-    """Mean IoU over the classes present in target or pred, accumulated over all pixels of all images."""
+def class_ious(pred, target, num_classes):
+    """IoU per class, accumulated over all pixels of all images; NaN for a class in neither pred nor target."""
     pred, target = np.asarray(pred).ravel(), np.asarray(target).ravel()
     ious = []
     for c in range(num_classes):
         inter = np.sum((pred == c) & (target == c))
         union = np.sum((pred == c) | (target == c))
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(ious))
+        ious.append(inter / union if union else float('nan'))
+    return ious
+
+
+def miou(pred, target, num_classes):
+    """Mean IoU over the classes present in target or pred."""
+    return float(np.nanmean(class_ious(pred, target, num_classes)))
 
 
 def pixel_accuracy(pred, target):

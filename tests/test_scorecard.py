@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import eval as E
-from tokenizer import depth_abs_rel, depth_delta1, miou, normals_angular_error
+from tokenizer import class_ious, depth_abs_rel, depth_delta1, miou, normals_angular_error
 
 CUBE = 'a large red metal cube in the back left'
 SPHERE = 'a small blue rubber sphere in the front right'
@@ -60,6 +60,9 @@ def test_pixel_metrics_hand_made():
     assert miou(labels, labels, 3) == 1.0
     # class 0: 1 shared pixel of 2, class 1: 1 of 3, class 2: 0 of 1
     assert miou(np.array([[0, 1], [0, 1]]), labels, 3) == pytest.approx((1 / 2 + 1 / 3 + 0) / 3)
+    # a class in neither prediction nor truth has no IoU and is left out of the mean
+    ious = class_ious(labels, labels, 4)
+    assert ious[:3] == [1.0, 1.0, 1.0] and np.isnan(ious[3]) and miou(labels, labels, 4) == 1.0
 
 
 def test_objects_found_and_crop_window():
