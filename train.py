@@ -394,9 +394,10 @@ def main():
 
     # -------------------------------------------------------------------------
     # the loop
-    t0 = time.time()
+    t0 = loop_start = time.time()
     running_mfu = -1.0
     first_iter = iter_num
+    step_times = []  # seconds per iteration, for the closing line's median
     while True:
         lr = get_lr(iter_num)
         for group in optimizer.param_groups:
@@ -453,6 +454,7 @@ def main():
 
         t1 = time.time()
         dt, t0 = t1 - t0, t1
+        step_times.append(dt)
         if iter_num % log_interval == 0 and master:
             tokens_per_s = tokens_per_iter / dt
             line = f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s"
@@ -467,6 +469,10 @@ def main():
                          'tokens_per_s': tokens_per_s, 'mfu': running_mfu, **extra})
         iter_num += 1
 
+    if master and step_times:  # wall time of the whole loop (evals and checkpoints included): what a run costs
+        elapsed = time.time() - loop_start
+        print(f"trained {len(step_times)} iterations in {int(elapsed // 60)} min {elapsed % 60:.0f} s "
+              f"(median {sorted(step_times)[len(step_times) // 2] * 1000:.0f} ms per iteration)")
     if ddp:  # DDP keeps replicas identical by construction; check it, since a silent desync wastes a whole run
         weights = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
         high, low = weights.clone(), weights.clone()
