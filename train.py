@@ -470,8 +470,8 @@ def main():
         iter_num += 1
 
     if master and step_times:  # wall time of the whole loop (evals and checkpoints included): what a run costs
-        elapsed = time.time() - loop_start
-        print(f"trained {len(step_times)} iterations in {int(elapsed // 60)} min {elapsed % 60:.0f} s "
+        elapsed = round(time.time() - loop_start)  # whole seconds first, so 119.7 s reads "2 min 0 s", not "1 min 60 s"
+        print(f"trained {len(step_times)} iterations in {elapsed // 60} min {elapsed % 60} s "
               f"(median {sorted(step_times)[len(step_times) // 2] * 1000:.0f} ms per iteration)")
     if ddp:  # DDP keeps replicas identical by construction; check it, since a silent desync wastes a whole run
         weights = torch.cat([p.detach().float().flatten() for p in raw_model.parameters()])
