@@ -49,6 +49,7 @@ class TokenizerConfig:
     widths: tuple = (96, 192)  # channels after the stem, then after each further 2x downsampling
     res_blocks: tuple = (1, 2)  # residual blocks at each of those resolutions (encoder and decoder)
     levels: tuple = (8, 5, 5, 5)  # FSQ levels per latent channel; codebook size = their product
+    norm: str = 'layernorm'  # in each residual block: 'layernorm' over channels, or 'none' (tokenizers saved before it)
 
     @property
     def grid(self):
@@ -70,17 +71,20 @@ def config_for(image_size, grid, in_channels):
 
 
 class ResBlock(nn.Module):
-    # no normalisation layer: the nets are shallow, and a zero-initialised second conv starts each block as the
-    # identity, which trains stably and saves the (slow on CPU) GroupNorm
-    def __init__(self, ch):
+    # pre-norm residual block; a zero-initialised second conv starts it as the identity. The norm is a LayerNorm over
+    # the channels of each pixel, not GroupNorm: in channels_last memory the channels are the contiguous last axis,
+    # so it costs ~5% of a step where GroupNorm is slow on CPU, and it was worth +0.45 dB at equal time (README)
+    def __init__(self, ch, norm):
         super().__init__()
+        self.norm = nn.LayerNorm(ch) if norm == 'layernorm' else nn.Identity()
         self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
 
-    def forward(self, x):
-        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+    def forward(self, x):  # x: (B, C, H, W)
+        h = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x + self.conv2(F.silu(self.conv1(F.silu(h))))
 
 
 class FSQ(nn.Module):
@@ -116,17 +120,17 @@ class ImageTokenizer(nn.Module):
         self.cfg = cfg
         w, nres, D, p = cfg.widths, cfg.res_blocks, len(cfg.levels), cfg.patch
         enc = [nn.PixelUnshuffle(p), nn.Conv2d(cfg.in_channels * p * p, w[0], 3, padding=1)]  # (B, w0, H/p, W/p)
-        enc += [ResBlock(w[0]) for _ in range(nres[0])]
+        enc += [ResBlock(w[0], cfg.norm) for _ in range(nres[0])]
         for i in range(1, len(w)):
             enc.append(nn.Conv2d(w[i - 1], w[i], 2, stride=2))  # (B, w[i], H/p/2^i, W/p/2^i)
-            enc += [ResBlock(w[i]) for _ in range(nres[i])]
+            enc += [ResBlock(w[i], cfg.norm) for _ in range(nres[i])]
         enc += [nn.SiLU(), nn.Conv2d(w[-1], D, 1)]  # (B, D, h, w) latent
         self.encoder = nn.Sequential(*enc)
         dec = [nn.Conv2d(D, w[-1], 3, padding=1)]
-        dec += [ResBlock(w[-1]) for _ in range(nres[-1])]
+        dec += [ResBlock(w[-1], cfg.norm) for _ in range(nres[-1])]
         for i in range(len(w) - 1, 0, -1):
             dec += [nn.SiLU(), nn.ConvTranspose2d(w[i], w[i - 1], 2, stride=2)]  # 2x upsampling
-            dec += [ResBlock(w[i - 1]) for _ in range(nres[i - 1])]
+            dec += [ResBlock(w[i - 1], cfg.norm) for _ in range(nres[i - 1])]
         dec += [nn.SiLU(), nn.Conv2d(w[0], cfg.in_channels * p * p, 3, padding=1), nn.PixelShuffle(p)]  # (B, C, H, W)
         self.decoder = nn.Sequential(*dec)
         self.fsq = FSQ(cfg.levels)
@@ -199,10 +203,12 @@ def tokenize_images(model, images, batch_size=256, bf16=False):
 
 
 def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=None, batch_size=32, lr=2e-3,
-                    warmup_steps=100, weight_decay=0.01, l1_weight=0.0, latent_penalty=1.0, bf16=None, hflip=False, seed=0,
-                    crop=0, device='cpu', clock='wall', log_every=200, verbose=True):
+                    warmup_steps=100, cooldown=0.3, weight_decay=0.01, l1_weight=0.0, latent_penalty=1.0, bf16=None,
+                    hflip=False, seed=0, crop=0, device='cpu', clock='wall', log_every=200, verbose=True):
     """Train an ImageTokenizer on (N, C, H, W) uint8 (or float in [0, 1]) images until max_seconds or max_steps.
-    The LR warms up linearly then follows a cosine to 10% over the time (or step) budget, whichever is nearer.
+    The LR warms up linearly, holds, and decays linearly to 0 over the last `cooldown` share of the time (or step)
+    budget, whichever is nearer: on a 3-minute budget a cosine starts decaying too early (0.5-0.7 dB lower at equal
+    time).
     hflip: random horizontal flips (fine for rgb/depth/edges; not for normals, whose x component would flip).
     crop: train on random crop x crop windows aligned to the token cells (0: whole images). The net is fully
     convolutional, so it still encodes whole images; a 32x32 crop costs a quarter of a 64x64 image per step.
@@ -218,7 +224,7 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0}],
-                            lr=lr, betas=(0.9, 0.99))
+                            lr=lr, betas=(0.9, 0.95))  # beta2 0.95, not 0.99: +1.1-1.4 dB at equal time
     train_images = torch.as_tensor(train_images)
     gen = torch.Generator().manual_seed(seed)
     threads = torch.get_num_threads()
@@ -234,7 +240,7 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
         if progress >= 1.0:
             break
         warm = min(1.0, (step + 1) / warmup_steps)
-        lr_now = lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr_now = lr * warm * min(1.0, (1.0 - progress) / cooldown)
         for g in opt.param_groups:
             g['lr'] = lr_now
         idx = torch.randint(len(train_images), (batch_size,), generator=gen)
@@ -294,7 +300,8 @@ def save_tokenizer(path, model, metrics):
 def load_tokenizer(path, device='cpu'):
     """-> (model in eval mode, metrics dict)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    cfg = TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt['config'].items()})
+    saved = {'norm': 'none', **ckpt['config']}  # tokenizers saved before the norm option had none
+    cfg = TokenizerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     model = ImageTokenizer(cfg).to(device)
     model.load_state_dict(ckpt['model'])
     model.eval()

@@ -95,6 +95,25 @@ def test_save_load_round_trip(tiny_trained, tmp_path):
     assert torch.allclose(loaded.decode(loaded.encode(x)), model.decode(model.encode(x)), atol=1e-5)
 
 
+def test_tokenizers_saved_before_the_norm_option_still_load(tmp_path):
+    """A tokenizer file whose config has no 'norm' key (written before residual blocks had a LayerNorm) loads as a
+    norm-free network with the same outputs, so an existing data/clevr is reused, not broken."""
+    cfg = T.TokenizerConfig(norm='none')
+    model = T.ImageTokenizer(cfg)
+    path = str(tmp_path / 'old.pt')
+    T.save_tokenizer(path, model, {'val_psnr': 0.0})
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt['config']['norm']
+    assert not any('norm' in k for k in ckpt['model'])
+    torch.save(ckpt, path)
+    loaded, _ = T.load_tokenizer(path)
+    assert loaded.cfg.norm == 'none'
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(loaded.encode(x), model.eval().encode(x))
+    new = T.ImageTokenizer(T.TokenizerConfig())  # the default has the norm
+    assert new.cfg.norm == 'layernorm' and any('norm' in k for k in new.state_dict())
+
+
 def test_psnr():
     a = np.random.default_rng(0).random((3, 1, 4, 4))
     assert T.psnr(a, a) >= 99
