@@ -2,12 +2,12 @@
 # six modalities (rgb, depth, normals, semseg, caption, boxes), as in the 4M paper: caption and boxes span-masked
 # with sentinels and decoded autoregressively, each modality's inputs dropped with probability 0.1 (for CFG); plus
 # two 3x3 convs over the image token grid (grid_conv, model.GridMixer; 0 gives the paper's plain 4M).
-# Costs: 2500 iterations, 11 min 58 s on 2 cores of a host whose bf16 matmuls run at half the speed of others
-# here (median 284 ms each); about 7 min on a fast one.
-# Reaches (fresh clone, make demo): val loss 4.05 -> 1.22; eval.py --mode=4m rgb->semseg mIoU 0.381 (per-position
-# prior 0.232, token-grid bound 0.621); four runs on two fresh clones' data gave 0.381-0.426, so the 0.40 goal is
-# met by some clones and not others; rgb->depth abs-rel 0.073 (prior 0.083, bound 0.072); greedy rgb->caption 20
-# distinct captions of 20. Plain 4M (grid_conv=0): 0.318 (README Stage 4).
+# Costs: 2500 iterations, 11 min 42 s on 2 cores of a host whose bf16 matmuls run at half the speed of others
+# here (median 280 ms each); about 7 min on a fast one.
+# Reaches (fresh clone, make demo, 32.65 dB rgb tokenizer): val loss 4.05 -> 1.17; eval.py --mode=4m rgb->semseg
+# mIoU 0.395 (per-position prior 0.232, token-grid bound 0.621); five runs on three fresh clones' data gave
+# 0.381-0.426, so the 0.40 goal is met by some clones and not others; rgb->depth abs-rel 0.073 (prior 0.083,
+# bound 0.072); greedy rgb->caption 20 distinct captions of 20. Plain 4M (grid_conv=0): 0.318 (README Stage 4).
 #   python prepare.py clevr && python train.py config/nano4m_cpu.py
 # On a machine shared with other busy processes, run with OMP_NUM_THREADS=1: two OpenMP threads that must wait
 # for each other at every op were 10x slower than one thread there (measured: 8 s vs 0.72 s per iteration).
