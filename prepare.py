@@ -288,10 +288,10 @@ def prepare_clevr(args):
               f"(on a busy machine, OMP_NUM_THREADS=1 avoids OpenMP stalls)")
         cfg = image_tokenizer.config_for(CLEVR_RESOLUTION, args.grid, 3)
         fit = train_rgb[:args.tokenizer_scenes].transpose(0, 3, 1, 2)
+        crop = image_tokenizer.default_crop(CLEVR_RESOLUTION, args.grid)  # 32x32 crops for 16x16 grids
+        # no horizontal flips (train_tokenizer's default): the light is fixed, so mirrored scenes are not real ones
         model, tok_metrics = image_tokenizer.train_tokenizer(fit, val_rgb.transpose(0, 3, 1, 2), cfg,
-                                                             max_seconds=seconds, hflip=False,  # fixed light
-                                                             # 16x16: 32x32 crops, +1.3 dB at equal time (README)
-                                                             crop=32 if args.grid == 16 else 0)
+                                                             max_seconds=seconds, crop=crop)
         image_tokenizer.save_tokenizer(tok_path, model, tok_metrics)
         model.eval()
     print(f"rgb tokenizer: val PSNR {tok_metrics['val_psnr']:.1f} dB, codebook {model.cfg.codebook_size}")

@@ -76,6 +76,8 @@ def test_crop_training_sees_token_aligned_crops_and_encodes_whole_images(monkeyp
                  if any(torch.equal(full[n, :, i:i + 32, j:j + 32], crop[0]) for n in range(8))]
         assert len(where) == 1 and where[0][0] % 4 == 0 and where[0][1] % 4 == 0
     assert model.encode(torch.as_tensor(images[8:]).float() / 255).shape == (4, 16, 16)
+    # the CLI and prepare.py crop only where it paid: 64x64 images on a 16x16 grid
+    assert (T.default_crop(64, 16), T.default_crop(64, 8), T.default_crop(28, 7)) == (32, 0, 0)
 
 
 def test_save_load_round_trip(tiny_trained, tmp_path):
