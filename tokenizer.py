@@ -528,7 +528,7 @@ def main():
     ap.add_argument('--max_steps', type=int, default=0, help="stop after this many steps (0: only the time budget)")
     ap.add_argument('--num_train', type=int, default=20000, help="clevr training scenes rendered")
     ap.add_argument('--num_val', type=int, default=1000, help="clevr held-out scenes (a different seed)")
-    ap.add_argument('--input', default=None, help="fashion_mnist: a folder with the four IDX files (default: download)")
+    ap.add_argument('--input', default=None, help="fashion_mnist: a folder with the IDX files (default: Debian's)")
     ap.add_argument('--batch_size', type=int, default=32)
     ap.add_argument('--lr', type=float, default=2e-3, help="AdamW's peak LR")
     ap.add_argument('--optimizer', default='muon', choices=['muon', 'adamw'], help="muon: Muon for the hidden convs")
@@ -564,13 +564,12 @@ def main():
         name = args.modality if grid == 8 else f"{args.modality}_g{grid}"
         hflip = args.modality in ('depth', 'edges')  # see train_tokenizer: not rgb (fixed light), not normals
     else:
-        import prepare  # its reader: the canonical URL, else the Debian package's copy, else --input
-        try:
-            images = {split: read_idx(prepare.fashion_mnist_file(files[0], args.input))[:, None]  # (N, 1, 28, 28)
-                      for split, files in prepare.FASHION_MNIST_FILES.items()}
-        except (prepare.DataError, OSError, ValueError) as e:
-            raise SystemExit(f"tokenizer.py fashion_mnist: {e}")
-        train_images, val_images = images['train'], images['test']
+        root = args.input or '/usr/share/datasets/fashion-mnist'  # the Debian package dataset-fashion-mnist
+        paths = [os.path.join(root, f'{split}-images-idx3-ubyte.gz') for split in ('train', 't10k')]
+        if not all(os.path.exists(p) for p in paths):
+            raise SystemExit(f"no Fashion-MNIST IDX files in {root}: pass --input=DIR, or apt-get install "
+                             f"dataset-fashion-mnist, or run python prepare.py fashion_mnist (it downloads them)")
+        train_images, val_images = (read_idx(p)[:, None] for p in paths)  # (N, 1, 28, 28) uint8
         grid = args.grid or 7
         cfg = config_for(28, grid, 1)
         name = 'images' if grid == 7 else f'images_g{grid}'
