@@ -5,9 +5,10 @@
 # Costs: 2500 iterations, 11 min 42 s on 2 cores of a host whose bf16 matmuls run at half the speed of others
 # here (median 280 ms each); about 7 min on a fast one.
 # Reaches (fresh clone, make demo, 32.65 dB rgb tokenizer): val loss 4.05 -> 1.17; eval.py --mode=4m rgb->semseg
-# mIoU 0.395 (per-position prior 0.232, token-grid bound 0.621); five runs on three fresh clones' data gave
-# 0.381-0.426, so the 0.40 goal is met by some clones and not others; rgb->depth abs-rel 0.073 (prior 0.083,
-# bound 0.072); greedy rgb->caption 20 distinct captions of 20. Plain 4M (grid_conv=0): 0.318 (README Stage 4).
+# mIoU 0.395 (per-position prior 0.232, token-grid bound 0.621; seeds 1 and 2 on its data: 0.376, 0.393); seven
+# runs on three fresh clones' data gave 0.376-0.426, so the 0.40 goal is met by some runs and not others (none
+# of the three on the current tokenizer); rgb->depth abs-rel 0.073 (prior 0.083, bound 0.072); greedy
+# rgb->caption 20 distinct captions of 20. Plain 4M (grid_conv=0): 0.318 (README Stage 4).
 #   python prepare.py clevr && python train.py config/nano4m_cpu.py
 # On a machine shared with other busy processes, run with OMP_NUM_THREADS=1: two OpenMP threads that must wait
 # for each other at every op were 10x slower than one thread there (measured: 8 s vs 0.72 s per iteration).
