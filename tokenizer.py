@@ -240,7 +240,7 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
     # stem and output convs (pixels) and the two convs at the 4-channel latent stay on AdamW: Muon is made for
     # hidden layers, and an orthogonalised (4, 128) update would move every latent channel at full rate
     outer = {id(m.weight) for m in (model.encoder[1], model.encoder[-1], model.decoder[0], model.decoder[-2])}
-    hidden = [p for p in model.parameters() if p.dim() >= 2 and optimizer == 'muon' and id(p) not in outer]
+    hidden = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in outer] if optimizer == 'muon' else []
     hidden_ids = {id(p) for p in hidden}
     decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in hidden_ids]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
