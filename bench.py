@@ -1,13 +1,25 @@
 """
-Measures speed: training tokens/s and MFU for a model shape, and sampling tokens/s with and without the KV
-cache. Figures are printed as ratios measured in the same run, since absolute times on shared machines are noisy.
+Measures speed. Figures are printed as ratios measured in the same run, since absolute times on shared machines
+are noisy; no test is timed, timing goals live here.
+
+--mode=model (default): training tokens/s and MFU for a model shape, and sampling tokens/s with and without the
+KV cache.
 
     python bench.py                                    # the CPU recipe's shape, block_size 512
     python bench.py --n_layer=6 --n_head=6 --n_embd=384 --batch_size=64 --train_block_size=256 --compile=True
-    python bench.py --pos=rope --mlp=relu2 --optimizer=muon   # any architecture option (model.py, issue 8)
+    python bench.py --pos=rope --mlp=relu2 --optimizer=muon   # any architecture option (model.py)
+
+--mode=speed: image sampling, MaskGIT T=8 vs AR with a KV cache, at batch 1 and at a large batch (see speed()).
+
+    python bench.py --mode=speed --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
+    python bench.py --mode=speed --dataset=clevr --maskgit_dir=out-clevr-maskgit-cpu --gpt_dir=out-clevr-gpt-cpu
+    python bench.py --mode=speed --dataset=clevr --speed_shape=6x8x256 --speed_batch=64   # the GPU configs' shape
+
+--mode=render: clevr.py scenes rendered per second on one thread (~1,000 on one core).
 
 Time to a target loss for each option: speedrun.py.
 """
+import copy
 import sys
 import time
 from contextlib import nullcontext
@@ -15,10 +27,15 @@ from dataclasses import fields
 
 import torch
 
+from common import DTYPES, CheckpointError, load_model, lookup_peak_flops, pick_device, pick_dtype
 from configurator import ConfigError, configure
-from model import ModelConfig, build_model, configure_optimizer, flops_per_token, num_params
+from data import DataError, image_view, load_meta
+from decoding import generate_image_tokens
+from model import ModelConfig, build_model, flops_per_token, num_params
+from optim import configure_optimizer
 
 # -----------------------------------------------------------------------------
+mode = 'model'              # 'model' | 'speed' | 'render'
 model_type = 'gpt'
 n_layer = 4
 n_head = 4
@@ -34,10 +51,25 @@ warmup_steps = 5
 sample_tokens = 500         # tokens generated per sampling measurement
 sample_batch_size = 1
 device = ''
-dtype = ''
+dtype = 'auto'
 compile = False
 peak_flops = 0.0
 seed = 1337
+# --mode=speed
+dataset = 'fashion_mnist'
+image_modality = 'rgb'      # a multimodal dataset (clevr): the image and the conditioning modality, as in training
+cond_modality = 'caption'
+maskgit_dir = ''            # out_dir of a maskgit run ('' = random weights of its shape)
+gpt_dir = ''                # out_dir of a gpt run on the same data
+ckpt = 'ckpt'
+speed_batch = 256           # the 'large batch' of the speed table on the dataset's grid (same tokens on the other)
+speed_grid = 16             # the second grid of the speed table (random weights, same model shape)
+speed_shape = ''            # '' = the trained models' shapes; 'LxHxC' (e.g. 6x8x256) = random weights of that shape
+speed_dtypes = 'float32,bfloat16'  # each scheme is timed in each (weights cast) and reported at its fastest
+speed_threads = 2           # ...and with 1 up to this many torch threads
+speed_reps = 7              # batch 1: the best of this many rounds over all settings (large batches: one round)
+# --mode=render
+render_scenes = 1000
 # ...and every other ModelConfig field (the architecture options: --pos=rope --optimizer=muon ...)
 # -----------------------------------------------------------------------------
 for _f in fields(ModelConfig):
@@ -83,18 +115,131 @@ def bench_sample(model, device_name, use_cache):
     return sample_tokens * sample_batch_size / (time.perf_counter() - t0)
 
 
+def speed_models(meta, grid):
+    """{'maskgit': model, 'gpt': model} for a grid (h, w): the trained models on the dataset's own grid, otherwise
+    random weights of their shape (or of speed_shape 'LxHxC'): speed does not depend on the weights."""
+    K, V, P = meta['codebook_size'], meta['cond_vocab_size'], meta['cond_len']
+    L = grid[0] * grid[1]
+    models = {}
+    for family, folder in (('maskgit', maskgit_dir), ('gpt', gpt_dir)):
+        trained = load_model(folder, ckpt, device)[0] if folder else None
+        if trained is not None and not speed_shape and list(grid) == list(meta['grid']):
+            models[family] = trained
+            continue
+        if trained is not None and not speed_shape:
+            shape = trained.config.to_dict()
+        else:
+            try:
+                n_layer, n_head, n_embd = (int(x) for x in (speed_shape or '4x4x128').split('x'))
+            except ValueError:
+                raise ConfigError(f"--speed_shape={speed_shape!r}: write layers x heads x width, e.g. 6x8x256")
+            shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+        if family == 'maskgit':
+            shape.update(model_type='maskgit', codebook_size=K, grid_h=grid[0], grid_w=grid[1], cond_vocab_size=V,
+                         cond_len=P, block_size=P + L)
+        else:
+            shape.update(model_type='gpt', vocab_size=K + V + 1, block_size=P + L - 1)
+        torch.manual_seed(seed)
+        models[family] = build_model(ModelConfig(**shape)).eval()
+    return models
+
+
+def speed():
+    """Latency at batch 1 and throughput at a large batch: MaskGIT T=8 vs AR with a KV cache, on the dataset's
+    grid and on a speed_grid x speed_grid grid, conditioned like the dataset (a class token, or 51 caption tokens
+    on clevr). Each scheme is timed at every dtype in speed_dtypes and 1..speed_threads threads and reported
+    at its fastest, with the setting that gave it: neither scheme is handicapped by a setting that suits the
+    other. Batch 1: the best of speed_reps rounds, each round timing every setting once (so a change of the
+machine's load hits every setting alike); large batch: one round. A batch-1 warm-up first. No CFG.
+
+    What to expect: MaskGIT T=8 runs 8 passes over all P + L tokens, AR with a KV cache L passes over one token
+    (L token-passes, plus attention over the cache). At batch 1 each AR step is latency bound (a few dozen small
+    kernels per layer, ~0.5 ms on a CPU core whatever the work), so 8 steps beat L steps; at a large batch both
+    are compute bound and AR's ~8x fewer FLOPs win. On a CPU MaskGIT's pass over a few hundred tokens is itself
+    compute bound, so bf16 matmuls (avx512_bf16 / AMX) and a second thread speed MaskGIT up, while AR's one-token
+    steps gain little from either; on a GPU a 300-token pass costs about what a 1-token pass does."""
+    meta = image_view(load_meta(dataset), image_modality, cond_modality)
+    dtypes = [d.strip() for d in speed_dtypes.split(',') if d.strip()]
+    threads = list(range(1, speed_threads + 1))
+    if any(d not in ('float32', 'bfloat16') for d in dtypes) or not dtypes or not threads:
+        raise ConfigError(f"--speed_dtypes={speed_dtypes!r} --speed_threads={speed_threads!r}: e.g. "
+                         f"--speed_dtypes=float32,bfloat16 --speed_threads=2")
+    grids = [tuple(meta['grid'])] + ([(speed_grid, speed_grid)] if [speed_grid] * 2 != list(meta['grid']) else [])
+    P, default_threads = meta['cond_len'], torch.get_num_threads()
+    print(f"dataset {dataset}: condition {P} token(s); dtypes {dtypes}, threads {threads}; no CFG")
+    rows = []
+    for grid in grids:
+        models = speed_models(meta, grid)
+        shapes = ', '.join(f"{f} {m.config.n_layer}x{m.config.n_head}x{m.config.n_embd}" for f, m in models.items())
+        cast = {(f, d): copy.deepcopy(m).to(getattr(torch, d)) for f, m in models.items() for d in dtypes}
+        L = grid[0] * grid[1]
+        m = {**meta, 'grid': list(grid)}
+        # the large batch holds about speed_batch grids of the dataset's size: the same tokens on both grids
+        for batch in (1, max(1, speed_batch * meta['grid'][0] * meta['grid'][1] // L)):
+            cond = torch.randint(meta['cond_vocab_size'], (batch, P), generator=torch.Generator().manual_seed(seed))
+            settings = [(family, kw, d, t) for family, kw in (('maskgit', dict(steps=8)), ('gpt', dict()))
+                        for d in dtypes for t in threads]
+            times = {(family, d, t): [] for family, _, d, t in settings}  # -> seconds of each run
+            for r in range(speed_reps if batch == 1 else 1):  # rounds over every setting, so load changes hit all
+                for family, kw, d, t in settings:
+                    torch.set_num_threads(t)
+                    gen = torch.Generator().manual_seed(seed + r)
+                    if r == 0:
+                        generate_image_tokens(cast[(family, d)], cond[:1], m, generator=gen, **kw)  # warm-up
+                    t0 = time.perf_counter()
+                    generate_image_tokens(cast[(family, d)], cond, m, generator=gen, **kw)
+                    times[(family, d, t)].append(time.perf_counter() - t0)
+            best = {}
+            for (family, d, t), ts in times.items():
+                dt = min(ts)
+                print(f"  {grid[0]}x{grid[1]} batch {batch:<4} {family:<8} {d:<9} {t} thread(s): {dt * 1000:9.1f} ms"
+                      f"   ({shapes})", flush=True)
+                if family not in best or dt < best[family][0]:
+                    best[family] = (dt, f"{d}, {t} thr")
+            torch.set_num_threads(default_threads)
+            rows.append((grid, P, batch, best))
+    print()
+    print("| grid | tokens (+ condition) | batch | MaskGIT T=8 ms/batch | its setting | AR + KV cache ms/batch | its setting "
+          "| MaskGIT img/s | AR img/s | MaskGIT speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (gh, gw), P, batch, best in rows:
+        (t_mg, s_mg), (t_ar, s_ar) = best['maskgit'], best['gpt']
+        ratio = t_ar / t_mg
+        print(f"| {gh}x{gw} | {gh * gw} + {P} | {batch} | {t_mg * 1000:.1f} | {s_mg} | {t_ar * 1000:.1f} | {s_ar} | "
+              f"{batch / t_mg:.1f} | {batch / t_ar:.1f} | {ratio:.2f}x{' (AR wins)' if ratio < 1 else ''} |")
+
+
+def render():
+    """clevr.py's renderer on one thread: the rgb images of render_scenes scenes."""
+    import clevr
+    torch.set_num_threads(1)
+    clevr.render_scenes(10, seed=0, modalities=('rgb',))  # warm-up
+    t0 = time.perf_counter()
+    clevr.render_scenes(render_scenes, seed=0, modalities=('rgb',))
+    dt = time.perf_counter() - t0
+    print(f"clevr: {render_scenes} scenes in {dt:.2f}s on one thread, {render_scenes / dt:,.0f} scenes/s")
+
+
 def main():
     try:
         configure(globals(), keys=_config_keys)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    from train import lookup_peak_flops, pick_device, pick_dtype
+    if mode == 'speed':
+        try:
+            return speed()
+        except (ConfigError, DataError, CheckpointError) as e:
+            sys.exit(f"bench.py: {e}")
+    if mode == 'render':
+        return render()
+    if mode != 'model':
+        sys.exit(f"bench.py: unknown --mode={mode!r}; choose model, speed or render")
     device_name = pick_device(device)
     device_type = 'cuda' if device_name.startswith('cuda') else device_name
     dtype_name = pick_dtype(dtype, device_type)
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype_name]
+    ptdtype = DTYPES[dtype_name]
     autocast = nullcontext() if dtype_name == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
     torch.manual_seed(seed)
     model_args = {f.name: globals()[f.name] for f in fields(ModelConfig)}

@@ -45,12 +45,13 @@ def parse_value(text):
         return text  # a bare string such as --device=cuda
 
 
-def configure(namespace, argv=None, keys=None):
+def configure(namespace, argv=None, keys=None, allow_new=False):
     """Apply config files and --key=value overrides to `namespace` (a script's globals()), in order.
 
     Only keys that exist in `namespace` with a plain value (int, float, bool, str, None, tuple, list, dict)
-    and do not start with '_' are configurable, or only `keys` when given. Returns the dict of configurable
-    keys and their values."""
+    and do not start with '_' are configurable, or only `keys` when given. allow_new: a config file may also
+    set keys that are not there yet (a dict of settings read from another script's config, as speedrun.py does).
+    Returns the dict of configurable keys and their values."""
     argv = sys.argv[1:] if argv is None else argv
     plain = (int, float, bool, str, type(None), tuple, list, dict)
     if keys is None:
@@ -69,7 +70,11 @@ def configure(namespace, argv=None, keys=None):
                 if k.startswith('_') or not isinstance(v, plain):
                     continue  # helpers and imports inside a config file are its own business
                 if k not in keys:
-                    raise ConfigError(f"{arg} sets unknown key {k!r}.{_closest(k, keys)}")
+                    if not allow_new:
+                        raise ConfigError(f"{arg} sets unknown key {k!r}.{_closest(k, keys)}")
+                    keys = list(keys) + [k]
+                    namespace[k] = v
+                    continue
                 namespace[k] = _check_type(k, v, namespace[k])
         else:
             if not arg.startswith('--'):

@@ -1,20 +1,18 @@
 """
-Scores class-conditional image generators on Fashion-MNIST with what we can compute ourselves, and times them.
+Scores trained models against baselines and bounds, with judges we train ourselves (judges.py).
 
-    python eval.py --mode=classifier        # train the judge once: a small CNN on real train images (~1 min CPU)
-    python eval.py --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
-    python eval.py --mode=speed --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
-    python eval.py --mode=speed --dataset=clevr --maskgit_dir=out-clevr-maskgit-cpu --gpt_dir=out-clevr-gpt-cpu
-    python eval.py --mode=speed --dataset=clevr --speed_shape=6x8x256 --speed_batch=64   # the GPU configs' shape
+    python eval.py --mode=classifier        # train the Fashion-MNIST judge once: a small CNN (~1 min CPU)
+    python eval.py --mode=fashion_mnist --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
 
-FID needs Inception weights we cannot install offline, so the judge is our own classifier (>= 90% test
-accuracy), saved as data/<dataset>/classifier.pt and loadable with torch.load(weights_only=True):
+fashion_mnist: class-conditional image generators. FID needs Inception weights we cannot install offline, so the
+judge is our own classifier (>= 90% test accuracy), saved as data/<dataset>/classifier.pt:
   fidelity   share of generated images the classifier puts in the class they were conditioned on
   FD         Frechet distance between Gaussians fitted to the classifier's penultimate features of generated
              images and of the 10,000 real test images. NOT Inception FID: same formula, a much smaller
              feature space, so the numbers only compare rows of this table with each other
   diversity  mean pairwise feature distance within a class, relative to real test images (1.0 = as diverse)
   images/s   generation throughput at the table's batch (all classes at once), tokens -> pixels excluded
+(sampling speed on its own, MaskGIT vs AR at batch 1 and large batches: bench.py --mode=speed)
 Reference rows: real validation images (the floor FD can reach) and the test images' own tokens decoded by the
 tokenizer (the 'tokenizer bound': what any generator over these tokens can reach at best).
 
@@ -43,14 +41,16 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from common import CheckpointError, load_model
 from configurator import ConfigError, configure
 from data import DataError, TokenDecoder, dataset_dir, decode_image_tokens, image_view, load_meta, load_tokens
+from decoding import generate_image_tokens
+from judges import (accuracy, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance, objects_found,
+                    predict, score, train_classifier)
 
 # -----------------------------------------------------------------------------
-mode = 'table'              # 'table' | 'speed' | 'classifier' (Fashion-MNIST) | '4m' (clevr, any-to-any)
+mode = 'fashion_mnist'      # 'fashion_mnist' | 'classifier' (its judge) | '4m' | 'scorecard' (clevr, any-to-any)
 dataset = 'fashion_mnist'
 maskgit_dir = ''            # out_dir of a maskgit run ('' skips its rows)
 gpt_dir = ''                # out_dir of a gpt run on the same data
@@ -62,12 +62,6 @@ temperature = 1.0
 choice_temperature = 4.5
 cfg_scale = 2.0             # the guided columns; 1.0 is the plain conditional model
 classifier_epochs = 5
-speed_batch = 256           # the 'large batch' of the speed table on the dataset's grid (same tokens on the other)
-speed_grid = 16             # the second grid of the speed table (random weights, same model shape)
-speed_shape = ''            # '' = the trained models' shapes; 'LxHxC' (e.g. 6x8x256) = random weights of that shape
-speed_dtypes = 'float32,bfloat16'  # each scheme is timed in each (weights cast) and reported at its fastest
-speed_threads = 2           # ...and with 1 up to this many torch threads
-speed_reps = 7              # batch 1: the best of this many rounds over all settings (large batches: one round)
 image_modality = 'rgb'      # a multimodal dataset (clevr): the image and the conditioning modality, as in training
 cond_modality = 'caption'
 out_dir = ''                # --mode=4m: the 4m run to score
@@ -84,128 +78,13 @@ device = 'cpu'
 # -----------------------------------------------------------------------------
 
 
-class Classifier(nn.Module):
-    """Two conv layers + two linear layers: ~91% test accuracy on Fashion-MNIST after a few epochs on a CPU.
-    features() is the 128-d penultimate layer used for the Frechet distance and diversity."""
-
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc = nn.Linear(32 * 7 * 7, 128)
-        self.out = nn.Linear(128, num_classes)
-
-    def features(self, x):  # x (B, 1, 28, 28) in [0, 1]
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 16, 14, 14)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (B, 32, 7, 7)
-        return F.relu(self.fc(x.flatten(1)))  # (B, 128)
-
-    def forward(self, x):
-        return self.out(self.features(x))
-
-
-def to_input(images):
-    """uint8 (N, H, W) or (N, H, W, 1) -> float (N, 1, H, W) in [0, 1]."""
-    x = torch.as_tensor(np.asarray(images)).float() / 255.0
-    if x.dim() == 4:  # (N, H, W, 1) from the tokenizer's decoder
-        x = x[..., 0]
-    return x[:, None]  # (N, 1, H, W)
-
-
-def classifier_path(dataset):
-    return os.path.join(dataset_dir(dataset), 'classifier.pt')
-
-
-def train_classifier(dataset, epochs=3, batch_size=128, seed=0):
-    d = dataset_dir(dataset)
-    x = to_input(np.load(os.path.join(d, 'train_images.npy')))
-    y = torch.from_numpy(np.load(os.path.join(d, 'train_labels.npy')))
-    torch.manual_seed(seed)
-    model = Classifier(load_meta(dataset)['num_classes'])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    steps = epochs * (len(x) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    t0 = time.time()
-    for epoch in range(epochs):
-        order = torch.randperm(len(x))
-        for i in range(len(x) // batch_size):
-            ix = order[i * batch_size:(i + 1) * batch_size]
-            loss = F.cross_entropy(model(x[ix]), y[ix])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        acc = accuracy(model, dataset, 'test')
-        print(f"classifier epoch {epoch + 1}: loss {loss.item():.3f}, test accuracy {acc * 100:.2f}% ({time.time() - t0:.0f}s)")
-    torch.save({'model': model.state_dict(), 'test_accuracy': acc}, classifier_path(dataset))
-    return model.eval()
-
-
-@torch.no_grad()
-def predict(model, images, batch_size=1000):
-    """uint8 images -> (predicted class (N,), features (N, 128))."""
-    model.eval()
-    preds, feats = [], []
-    x = to_input(images)
-    for i in range(0, len(x), batch_size):
-        f = model.features(x[i:i + batch_size])
-        feats.append(f)
-        preds.append(model.out(f).argmax(1))
-    return torch.cat(preds), torch.cat(feats).double()
-
-
-def accuracy(model, dataset, split):
-    d = dataset_dir(dataset)
-    pred, _ = predict(model, np.load(os.path.join(d, f'{split}_images.npy')))
-    return (pred == torch.from_numpy(np.load(os.path.join(d, f'{split}_labels.npy')))).float().mean().item()
-
-
-def load_classifier(dataset):
-    path = classifier_path(dataset)
-    if not os.path.exists(path):
-        print(f"no classifier at {path}: training one")
-        return train_classifier(dataset, classifier_epochs)
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    model = Classifier(load_meta(dataset)['num_classes'])
-    model.load_state_dict(state['model'])
-    return model.eval()
-
-
-def frechet_distance(a, b):
-    """Frechet distance between Gaussians fitted to features a (N, D) and b (M, D):
-    |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64 through symmetric eigensolves."""
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
-    w, v = torch.linalg.eigh(s_a)
-    sqrt_a = (v * w.clamp(min=0).sqrt()) @ v.T
-    cross = torch.linalg.eigvalsh(sqrt_a @ s_b @ sqrt_a).clamp(min=0).sqrt().sum()
-    return ((mu_a - mu_b) ** 2).sum().item() + (s_a.trace() + s_b.trace() - 2 * cross).item()
-
-
-def mean_pairwise_distance(feats, labels):
-    """Mean over classes of the mean L2 distance between features of two different images of that class."""
-    out = []
-    for c in labels.unique():
-        f = feats[labels == c]
-        d = torch.cdist(f, f)
-        n = len(f)
-        out.append(d.sum() / (n * (n - 1)))
-    return torch.stack(out).mean().item()
-
-
-def score(clf, images, labels, real_feats, real_div):
-    pred, feats = predict(clf, images)
-    return {'fidelity': (pred == labels).float().mean().item(), 'fd': frechet_distance(feats, real_feats),
-            'diversity': mean_pairwise_distance(feats, labels) / real_div}
-
 # -----------------------------------------------------------------------------
 
 
-def table():
-    from sample import generate_image_tokens, load_model
+def fashion_mnist_table():
     meta = load_meta(dataset)
     d = dataset_dir(dataset)
-    clf = load_classifier(dataset)
+    clf = load_classifier(dataset, classifier_epochs)
     test_labels = torch.from_numpy(np.load(os.path.join(d, 'test_labels.npy')))
     _, real_feats = predict(clf, np.load(os.path.join(d, 'test_images.npy')))
     real_div = mean_pairwise_distance(real_feats, test_labels)
@@ -232,7 +111,7 @@ def table():
         for scale in (1.0, cfg_scale):
             gen = torch.Generator().manual_seed(seed)
             t0 = time.perf_counter()
-            tokens = generate_image_tokens(model, labels.to(device), meta, temperature=temperature,
+            tokens = generate_image_tokens(model, labels.to(device), image_view(meta), temperature=temperature,
                                            choice_temperature=choice_temperature, cfg_scale=scale, generator=gen, **kw)
             dt = time.perf_counter() - t0
             s = score(clf, decode_image_tokens(dataset, tokens), labels, real_feats, real_div)
@@ -245,104 +124,6 @@ def table():
     for name, scale, s, ips in rows:
         print(f"| {name} | {scale} | {s['fidelity'] * 100:.1f}% | {s['fd']:.2f} | {s['diversity']:.2f} | "
               f"{'' if ips is None else f'{ips:.1f}'} |")
-
-
-def speed_models(meta, grid):
-    """{'maskgit': model, 'gpt': model} for a grid (h, w): the trained models on the dataset's own grid, otherwise
-    random weights of their shape (or of speed_shape 'LxHxC'): speed does not depend on the weights."""
-    from sample import load_model
-    from model import ModelConfig, build_model
-    K, V, P = meta['codebook_size'], meta['cond_vocab_size'], meta['cond_len']
-    L = grid[0] * grid[1]
-    models = {}
-    for family, folder in (('maskgit', maskgit_dir), ('gpt', gpt_dir)):
-        trained = load_model(folder, ckpt, device)[0] if folder else None
-        if trained is not None and not speed_shape and list(grid) == list(meta['grid']):
-            models[family] = trained
-            continue
-        if trained is not None and not speed_shape:
-            shape = trained.config.to_dict()
-        else:
-            try:
-                n_layer, n_head, n_embd = (int(x) for x in (speed_shape or '4x4x128').split('x'))
-            except ValueError:
-                raise ConfigError(f"--speed_shape={speed_shape!r}: write layers x heads x width, e.g. 6x8x256")
-            shape = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd)
-        if family == 'maskgit':
-            shape.update(model_type='maskgit', codebook_size=K, grid_h=grid[0], grid_w=grid[1], cond_vocab_size=V,
-                         cond_len=P, block_size=P + L)
-        else:
-            shape.update(model_type='gpt', vocab_size=K + V + 1, block_size=P + L - 1)
-        torch.manual_seed(seed)
-        models[family] = build_model(ModelConfig(**shape)).eval()
-    return models
-
-
-def speed():
-    """Latency at batch 1 and throughput at a large batch: MaskGIT T=8 vs AR with a KV cache, on the dataset's
-    grid and on a speed_grid x speed_grid grid, conditioned like the dataset (a class token, or 51 caption tokens
-    on clevr). Each scheme is timed at every dtype in speed_dtypes and 1..speed_threads threads and reported
-    at its fastest, with the setting that gave it: neither scheme is handicapped by a setting that suits the
-    other. Batch 1: the best of speed_reps rounds, each round timing every setting once (so a change of the
-machine's load hits every setting alike); large batch: one round. A batch-1 warm-up first. No CFG.
-
-    What to expect: MaskGIT T=8 runs 8 passes over all P + L tokens, AR with a KV cache L passes over one token
-    (L token-passes, plus attention over the cache). At batch 1 each AR step is latency bound (a few dozen small
-    kernels per layer, ~0.5 ms on a CPU core whatever the work), so 8 steps beat L steps; at a large batch both
-    are compute bound and AR's ~8x fewer FLOPs win. On a CPU MaskGIT's pass over a few hundred tokens is itself
-    compute bound, so bf16 matmuls (avx512_bf16 / AMX) and a second thread speed MaskGIT up, while AR's one-token
-    steps gain little from either; on a GPU a 300-token pass costs about what a 1-token pass does."""
-    from sample import generate_image_tokens
-    import copy
-    meta = image_view(load_meta(dataset), image_modality, cond_modality)
-    dtypes = [d.strip() for d in speed_dtypes.split(',') if d.strip()]
-    threads = list(range(1, speed_threads + 1))
-    if any(d not in ('float32', 'bfloat16') for d in dtypes) or not dtypes or not threads:
-        raise ConfigError(f"--speed_dtypes={speed_dtypes!r} --speed_threads={speed_threads!r}: e.g. "
-                         f"--speed_dtypes=float32,bfloat16 --speed_threads=2")
-    grids = [tuple(meta['grid'])] + ([(speed_grid, speed_grid)] if [speed_grid] * 2 != list(meta['grid']) else [])
-    P, default_threads = meta['cond_len'], torch.get_num_threads()
-    print(f"dataset {dataset}: condition {P} token(s); dtypes {dtypes}, threads {threads}; no CFG")
-    rows = []
-    for grid in grids:
-        models = speed_models(meta, grid)
-        shapes = ', '.join(f"{f} {m.config.n_layer}x{m.config.n_head}x{m.config.n_embd}" for f, m in models.items())
-        cast = {(f, d): copy.deepcopy(m).to(getattr(torch, d)) for f, m in models.items() for d in dtypes}
-        L = grid[0] * grid[1]
-        m = {**meta, 'grid': list(grid)}
-        # the large batch holds about speed_batch grids of the dataset's size: the same tokens on both grids
-        for batch in (1, max(1, speed_batch * meta['grid'][0] * meta['grid'][1] // L)):
-            cond = torch.randint(meta['cond_vocab_size'], (batch, P), generator=torch.Generator().manual_seed(seed))
-            settings = [(family, kw, d, t) for family, kw in (('maskgit', dict(steps=8)), ('gpt', dict()))
-                        for d in dtypes for t in threads]
-            times = {(family, d, t): [] for family, _, d, t in settings}  # -> seconds of each run
-            for r in range(speed_reps if batch == 1 else 1):  # rounds over every setting, so load changes hit all
-                for family, kw, d, t in settings:
-                    torch.set_num_threads(t)
-                    gen = torch.Generator().manual_seed(seed + r)
-                    if r == 0:
-                        generate_image_tokens(cast[(family, d)], cond[:1], m, generator=gen, **kw)  # warm-up
-                    t0 = time.perf_counter()
-                    generate_image_tokens(cast[(family, d)], cond, m, generator=gen, **kw)
-                    times[(family, d, t)].append(time.perf_counter() - t0)
-            best = {}
-            for (family, d, t), ts in times.items():
-                dt = min(ts)
-                print(f"  {grid[0]}x{grid[1]} batch {batch:<4} {family:<8} {d:<9} {t} thread(s): {dt * 1000:9.1f} ms"
-                      f"   ({shapes})", flush=True)
-                if family not in best or dt < best[family][0]:
-                    best[family] = (dt, f"{d}, {t} thr")
-            torch.set_num_threads(default_threads)
-            rows.append((grid, P, batch, best))
-    print()
-    print("| grid | tokens (+ condition) | batch | MaskGIT T=8 ms/batch | its setting | AR + KV cache ms/batch | its setting "
-          "| MaskGIT img/s | AR img/s | MaskGIT speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (gh, gw), P, batch, best in rows:
-        (t_mg, s_mg), (t_ar, s_ar) = best['maskgit'], best['gpt']
-        ratio = t_ar / t_mg
-        print(f"| {gh}x{gw} | {gh * gw} + {P} | {batch} | {t_mg * 1000:.1f} | {s_mg} | {t_ar * 1000:.1f} | {s_ar} | "
-              f"{batch / t_mg:.1f} | {batch / t_ar:.1f} | {ratio:.2f}x{' (AR wins)' if ratio < 1 else ''} |")
 
 
 # -----------------------------------------------------------------------------
@@ -493,115 +274,6 @@ def boxes_mean_iou(pred, true, max_objects=6):
     return sum(box_iou(pred[i], true[j]) for i, j in pairs) / n
 
 
-def objects_found(seen, true_objects):
-    """Share of true objects (dicts with 'colour' and 'shape') found: seen holds, per object, the (colour, shape)
-    pairs a judge saw in the generated image around the object's place; 1 when there is none to find."""
-    if not true_objects:
-        return 1.0
-    return sum((o['colour'], o['shape']) in pairs for pairs, o in zip(seen, true_objects)) / len(true_objects)
-
-
-def crop_window(image, box, jitter=(0, 0), margin=3, size=24):
-    """The pixels around an inclusive box (x0, y0, x1, y1), grown by `margin` and shifted by jitter (dx, dy),
-    sampled to (size, size, 3) float in [0, 1] (nearest pixel, clipped at the borders)."""
-    H, W = image.shape[:2]
-    x0, y0, x1, y1 = box[0] + jitter[0] - margin, box[1] + jitter[1] - margin, box[2] + jitter[0] + margin, box[3] + jitter[1] + margin
-    xs = np.clip(np.floor(x0 + (np.arange(size) + 0.5) * (x1 - x0 + 1) / size), 0, W - 1).astype(int)
-    ys = np.clip(np.floor(y0 + (np.arange(size) + 0.5) * (y1 - y0 + 1) / size), 0, H - 1).astype(int)
-    crop = np.asarray(image)[ys][:, xs]
-    return crop.astype(np.float32) / (255.0 if crop.dtype == np.uint8 else 1.0)
-
-
-class ObjectJudge(nn.Module):
-    """Colour (8) and shape (3 + 'none') of the object in a 24x24 window: a small CNN trained on ground-truth renders
-    (windows jittered by up to 3 pixels), the judge of caption -> rgb. A caption places objects only coarsely (a 3x3
-    grid of regions, ~16 pixels each), so judge() looks at windows shifted by up to `search` pixels around each
-    object's true box: an object drawn about where the scene has it (within ~one token cell) is found."""
-
-    def __init__(self):
-        super().__init__()
-        import clevr
-        self.colours, self.shapes = list(clevr.COLOURS), list(clevr.SHAPES) + ['none']
-        self.body = nn.Sequential(  # (N, 3, 24, 24) -> (N, 128)
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 32, 12, 12)
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (N, 64, 6, 6)
-            nn.Flatten(), nn.Linear(64 * 6 * 6, 128), nn.ReLU())
-        self.colour_head, self.shape_head = nn.Linear(128, len(self.colours)), nn.Linear(128, len(self.shapes))
-
-    def forward(self, x):  # x (N, 24, 24, 3) in [0, 1]
-        h = self.body(x.permute(0, 3, 1, 2) - 0.5)
-        return self.colour_head(h), self.shape_head(h)
-
-    @torch.no_grad()
-    def judge(self, images, objects, search=8, stride=4):
-        """images (N, H, W, 3), objects per image (dicts with 'box') -> per image, per object the set of
-        (colour, shape) pairs seen in the windows shifted by -search..search pixels (step stride) in x and y
-        (windows judged empty are left out)."""
-        shifts = [(dx, dy) for dx in range(-search, search + 1, stride) for dy in range(-search, search + 1, stride)]
-        crops = [crop_window(img, o['box'], jitter=d) for img, objs in zip(images, objects) for o in objs for d in shifts]
-        if not crops:
-            return [[] for _ in objects]
-        colour, shape = (logits.argmax(-1).view(-1, len(shifts)).tolist() for logits in self(torch.from_numpy(np.stack(crops))))
-        out, k = [], 0
-        for objs in objects:
-            out.append([{(self.colours[c], self.shapes[s]) for c, s in zip(colour[k + i], shape[k + i])
-                         if self.shapes[s] != 'none'} for i in range(len(objs))])
-            k += len(objs)
-        return out
-
-
-def judged_objects(objects, min_pixels=20):
-    """The objects caption -> rgb is scored on: visible enough to be judged (>= min_pixels pixels)."""
-    return [[o for o in objs if o['visible_pixels'] >= min_pixels] for objs in objects]
-
-
-def train_object_judge(num_scenes=6000, steps=1000, batch_size=256, seed=0):
-    """ObjectJudge on train-split renders: each visible object's jittered window (its colour and shape), and as
-    many windows of empty ground ('none'). Deterministic for a seed; ~2 min on one CPU core."""
-    import clevr
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    scenes = clevr.render_scenes(num_scenes, seed=clevr.SPLIT_SEEDS['train'], modalities=('rgb', 'instance'))
-    judge = ObjectJudge()
-    crops, colours, shapes = [], [], []
-    for img, inst, objs in zip(scenes['rgb'], scenes['instance'], judged_objects(scenes['objects'])):
-        for o in objs:
-            crops.append(crop_window(img, o['box'], jitter=rng.integers(-3, 4, 2)))
-            colours.append(judge.colours.index(o['colour']))
-            shapes.append(judge.shapes.index(o['shape']))
-        for _ in range(2):  # empty windows, of an object's typical size, where no object pixel falls
-            w, x0, y0 = rng.integers(4, 14), rng.integers(0, 50), rng.integers(16, 50)
-            box = (x0, y0, x0 + w, y0 + w)
-            if not inst[max(0, y0 - 3):y0 + w + 4, max(0, x0 - 3):x0 + w + 4].any():
-                crops.append(crop_window(img, box))
-                colours.append(-100)  # no colour to learn
-                shapes.append(judge.shapes.index('none'))
-    x, c, s = torch.from_numpy(np.stack(crops)), torch.tensor(colours), torch.tensor(shapes)
-    opt = torch.optim.Adam(judge.parameters(), lr=2e-3)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        ix = torch.randint(len(x), (batch_size,), generator=gen)
-        colour_logits, shape_logits = judge(x[ix])  # (no mirroring: the light from the left is a cue to the shape)
-        loss = F.cross_entropy(colour_logits, c[ix], ignore_index=-100) + F.cross_entropy(shape_logits, s[ix])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return judge.eval()
-
-
-def load_object_judge(path, seed=0, log=print):
-    """The judge saved at path, or a new one trained (deterministically for the seed) and saved there."""
-    judge = ObjectJudge()
-    if os.path.exists(path):
-        judge.load_state_dict(torch.load(path, map_location='cpu', weights_only=True))
-        return judge.eval()
-    t0 = time.time()
-    judge = train_object_judge(seed=seed)
-    torch.save(judge.state_dict(), path)
-    log(f"  trained the caption->rgb object judge in {time.time() - t0:.0f}s -> {path}")
-    return judge
-
-
 def render_val_truth(dataset, n):
     """Ground truth of val scenes 0..n-1, rendered again (scene i of a split is a pure function of its seed), checked
     against the prepared caption tokens so a mismatched dataset is caught."""
@@ -679,7 +351,6 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
               temperature=1.0, seed=1337, log=print):
     """Every direction of SCORECARD_DIRECTIONS the model knows, on the first num_scenes val scenes. Returns
     (rows, notes): rows of (direction, metric, 4M, tokenizer bound, specialist or None)."""
-    from sample import load_model
     model, checkpoint = load_model(model_dir)
     dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
     val = load_tokens(dataset, 'val')
@@ -766,12 +437,9 @@ def main():
     try:
         if mode == 'classifier':
             train_classifier(dataset, classifier_epochs)
-        elif mode == 'table':
-            table()
-        elif mode == 'speed':
-            speed()
+        elif mode == 'fashion_mnist':
+            fashion_mnist_table()
         elif mode == '4m':
-            from sample import load_model
             model, checkpoint = load_model(out_dir, ckpt, 'cpu')
             results = fourm_any_to_any_from_rgb(model, checkpoint['config']['dataset'], num_scenes)
             print_fourm_table(results)
@@ -790,8 +458,9 @@ def main():
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose table, speed, classifier, 4m or scorecard")
-    except (DataError, FileNotFoundError, KeyError, ConfigError) as e:
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, classifier, 4m or scorecard "
+                     f"(sampling speed moved to bench.py --mode=speed)")
+    except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")
 
 

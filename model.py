@@ -1,14 +1,16 @@
 """
-nano4M model definitions, in one file: shared Transformer building blocks, then the model families
-behind `ModelConfig.model_type`:
-  'gpt'        causal decoder over a token sequence (text, or image tokens in raster order after a class token)
-  'maskgit'    bidirectional Transformer over an image's token grid: predicts masked tokens; decoded iteratively
-  'lstm'       baseline: a stacked LSTM language model
-  'kgram_mlp'  baseline: an MLP over the last k tokens, slid along the sequence
-  '4m'   encoder-decoder over sets of tokens from several modalities: the encoder reads any visible subset,
-         the decoder's queries (modality + position) predict any other subset (any-to-any, chained generation)
-This file imports nothing of ours (pure torch), so it can be read on its own.
+nano4M's model families on one set of shared Transformer blocks, read top to bottom:
+  ModelConfig   every size and option, plain types (it round-trips through a checkpoint as a dict)
+  blocks        Norm, positions (learned, sin-cos, RoPE), Attention (self or cross, causal or masked), MLP, Block
+  'gpt'         causal decoder over a token sequence (text, or image tokens in raster order after a class token)
+  'maskgit'     bidirectional Transformer over an image's token grid: predicts masked tokens, decoded iteratively
+  '4m'          encoder-decoder over sets of tokens from several modalities: the encoder reads any visible subset,
+                the decoder's queries (modality + position) predict any other subset (any-to-any, chained generation)
+  FAMILIES      model_type -> class: the one place a family is registered (baselines.py adds 'lstm', 'kgram_mlp')
+Inference state and sampling (KV cache, filters, guidance, decoding loops) live in decoding.py, optimizers in
+optim.py; this file imports only decoding.py, so it can be read on its own.
 """
+import importlib
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, asdict, fields
@@ -16,6 +18,8 @@ from dataclasses import dataclass, asdict, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from decoding import KVCache, cfg_logits, generate_causal, iterative_decode, sample_logits
 
 # -----------------------------------------------------------------------------
 # config
@@ -30,7 +34,7 @@ class ModelConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True           # bias in Linears and LayerNorms; False is a bit better and faster
-    # architecture options (issue 8); the defaults are the original GPT-2 recipe
+    # architecture options; the defaults are the original GPT-2 recipe
     norm: str = 'layernorm'     # 'layernorm' | 'rmsnorm'
     norm_placement: str = 'pre' # 'pre' (x + f(norm(x))) | 'post' (norm(x + f(x)), the 2017 Transformer)
     mlp: str = 'gelu'           # 'gelu' | 'swiglu' (hidden 8/3·C, so parameters match) | 'relu2' (relu(x)²)
@@ -102,34 +106,6 @@ def Norm(config):
     """The norm the config asks for, over n_embd: every family builds its norms through this."""
     return LayerNorm(config.n_embd, config.bias, config.norm)
 
-
-class KVCache:
-    """Inference state for one forward stream: per layer, the keys and values seen so far, plus `state`, a
-    dict for layers whose memory is a fixed-size summary instead (linear attention, LSTM, k-gram window).
-
-    Kept outside the modules so the model maths stays stateless; generation creates one, passes it
-    down, and throws it away. Buffers are preallocated to `max_len` so appending is a copy, not a cat."""
-
-    def __init__(self, n_layer, batch_size, n_head, head_dim, max_len, device, dtype):
-        shape = (batch_size, n_head, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.max_len = max_len
-        self.length = 0  # tokens already cached (the same for every layer once a forward finishes)
-        self.state = {}  # recurrent layers: layer -> their summary of the past
-
-    def reset(self):
-        """Forget everything (keys past `length` are never read, so only the recurrent state is cleared)."""
-        self.length = 0
-        self.state = {}
-
-    def append(self, layer, k, v):
-        """Store k, v (B, nh, T, hs) after what is cached for `layer`; return all cached keys and values."""
-        start, end = self.length, self.length + k.size(2)
-        assert end <= self.max_len, "KV cache overflow: the caller must re-prefill a shorter window"
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 # positions: fixed sin-cos tables, and rotary embeddings (RoPE) that attention applies to queries and keys
 
@@ -243,7 +219,7 @@ class Attention(nn.Module):
                     mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
                 causal = False  # a single new query may see the whole cache
             # PyTorch's CPU flash-attention kernel is no faster in bf16 than in fp32 forward, and its bf16 backward
-            # is ~2.5x slower (torch 2.13; README, Stage 1): on a CPU, attention itself runs in fp32
+            # is ~2.5x slower (torch 2.13; docs/log.md): on a CPU, attention itself runs in fp32
             dtype, on_cpu = q.dtype, q.device.type == 'cpu'
             if on_cpu and dtype == torch.bfloat16:
                 q, k, v = q.float(), k.float(), v.float()
@@ -424,84 +400,6 @@ class GPT(nn.Module):
         return generate_causal(self, idx, max_new_tokens, **kwargs)
 
 # -----------------------------------------------------------------------------
-# baselines for the causal stage (the classic course models): same batches, same loss, same generation
-
-class LSTM(nn.Module):
-    """Token embedding -> n_layer stacked LSTMs of width n_embd -> final norm -> tied output head. No positions:
-    the recurrence knows the order. With a cache, the (h, c) state carries the past from call to call."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.drop = nn.Dropout(config.dropout)
-        self.lstm = nn.LSTM(config.n_embd, config.n_embd, num_layers=config.n_layer, batch_first=True,
-                            dropout=config.dropout if config.n_layer > 1 else 0.0)
-        self.norm_f = Norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.tok_emb.weight = self.lm_head.weight
-        init_weights(self, config.n_layer)  # embeddings and head; the LSTM keeps PyTorch's uniform init
-
-    def forward(self, idx, targets=None, kv_cache=None):
-        state = kv_cache.state.get('lstm') if kv_cache is not None else None  # ((L, B, C), (L, B, C)) or None
-        x, state = self.lstm(self.drop(self.tok_emb(idx)), state)  # (B, T, C)
-        if kv_cache is not None:
-            kv_cache.state['lstm'] = state
-            kv_cache.length += idx.size(1)
-        return next_token_outputs(self, self.norm_f(x), targets)
-
-    def new_kv_cache(self, batch_size, max_len=None):
-        p = next(self.parameters())
-        return KVCache(0, batch_size, 0, 0, max_len or self.config.block_size, p.device, p.dtype)
-
-    def generate(self, idx, max_new_tokens, **kwargs):
-        return generate_causal(self, idx, max_new_tokens, **kwargs)
-
-
-class KGramMLP(nn.Module):
-    """Predicts token t+1 from tokens t-k+1..t only (k = config.kgram_k): their embeddings, concatenated, are
-    projected to n_embd and go through n_layer residual MLP blocks. It is applied at every position at once, as
-    a window sliding along the sequence (before the text starts the window holds zero vectors). The shared
-    Norm and MLP blocks are used, so the norm and mlp options apply here too."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
-        self.in_proj = nn.Linear(config.kgram_k * config.n_embd, config.n_embd, bias=config.bias)
-        self.drop = nn.Dropout(config.dropout)
-        self.norms = nn.ModuleList([Norm(config) for _ in range(config.n_layer)])
-        self.mlps = nn.ModuleList([MLP(config) for _ in range(config.n_layer)])
-        self.norm_f = Norm(config)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.tok_emb.weight = self.lm_head.weight
-        init_weights(self, config.n_layer)
-
-    def forward(self, idx, targets=None, kv_cache=None):
-        B, T = idx.shape
-        k, C = self.config.kgram_k, self.config.n_embd
-        x = self.tok_emb(idx)  # (B, T, C)
-        past = kv_cache.state.get('window') if kv_cache is not None else None  # the k-1 embeddings before idx
-        if past is None:
-            past = x.new_zeros(B, k - 1, C)
-        x = torch.cat([past, x], dim=1)  # (B, k-1+T, C)
-        if kv_cache is not None:
-            kv_cache.state['window'] = x[:, x.size(1) - (k - 1):]
-            kv_cache.length += T
-        windows = x.unfold(1, k, 1)  # (B, T, C, k): window t holds tokens t-k+1..t
-        h = self.drop(self.in_proj(windows.transpose(2, 3).reshape(B, T, k * C)))  # (B, T, C)
-        for norm, mlp in zip(self.norms, self.mlps):
-            h = h + mlp(norm(h))
-        return next_token_outputs(self, self.norm_f(h), targets)
-
-    def new_kv_cache(self, batch_size, max_len=None):
-        p = next(self.parameters())
-        return KVCache(0, batch_size, 0, 0, max_len or self.config.block_size, p.device, p.dtype)
-
-    def generate(self, idx, max_new_tokens, **kwargs):
-        return generate_causal(self, idx, max_new_tokens, **kwargs)
-
-# -----------------------------------------------------------------------------
 # MaskGIT: bidirectional Transformer over a token grid
 
 class MaskGIT(nn.Module):
@@ -540,10 +438,11 @@ class MaskGIT(nn.Module):
         self.head = nn.Linear(config.n_embd, config.codebook_size, bias=False)
         init_weights(self, config.n_layer)
 
-    def forward(self, tokens, mask, cond=None, compute_loss=True):
+    def forward(self, tokens, mask, cond=None, compute_loss=True, loss_tokens=None):
         """tokens (B, L) image token ids (what sits at masked positions is ignored), mask (B, L) bool, True =
         hidden from the model and predicted; cond (B, cond_len) ids or None. Returns (logits (B, L, K), loss
-        over masked positions only, metrics)."""
+        over masked positions only, metrics). loss_tokens: what the summed loss is divided by (default this
+        batch's masked count; train.py passes the optimizer step's, see loss_tokens())."""
         B, L = tokens.shape
         c = self.config
         ids = torch.where(mask, torch.full_like(tokens, self.mask_id), tokens)  # the model never sees masked truth
@@ -564,11 +463,22 @@ class MaskGIT(nn.Module):
         logits = softcap(self.head(self.norm_f(x[:, c.cond_len:])), c.logit_softcap)  # (B, L, K): grid only
         if not compute_loss:
             return logits, None, {}
-        # loss on masked positions only: visible tokens are copied from the input, predicting them is free
-        masked_logits, masked_targets = logits[mask], tokens[mask]  # (M, K), (M,)
-        loss = F.cross_entropy(masked_logits.float(), masked_targets, label_smoothing=c.label_smoothing)
-        accuracy = (masked_logits.argmax(-1) == masked_targets).float().mean()
+        # loss on masked positions only: visible tokens are copied from the input, predicting them is free. Full
+        # shapes with an ignored index, not logits[mask]: a data-dependent shape would break torch.compile's graph
+        targets = tokens.masked_fill(~mask, -1)  # (B, L)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1, reduction='sum',
+                                   label_smoothing=c.label_smoothing)
+        num_masked = mask.sum()
+        loss = loss_sum / (num_masked.clamp(min=1) if loss_tokens is None else loss_tokens)
+        accuracy = ((logits.argmax(-1) == tokens) & mask).sum() / num_masked.clamp(min=1)
         return logits, loss, {'masked_acc': accuracy.detach()}
+
+    @staticmethod
+    def loss_tokens(batch):
+        """The tokens this batch's loss is averaged over (its masked ones). train.py sums them over an optimizer
+        step's micro-batches and ranks, so every micro-batch is weighted by its share of the whole step: 8 ranks x b
+        then train exactly like 1 rank x 8b, and accumulation like one large batch."""
+        return batch['mask'].sum().float()
 
 # -----------------------------------------------------------------------------
 # 4M: encoder-decoder over multimodal token sets
@@ -579,7 +489,7 @@ class GridMixer(nn.Module):
     convolved; the result at a cell is added to the image tokens there and to the decoder's image queries
     there. Why: a Transformer must learn from scratch that an image token's neighbours matter and which target
     query sits where; on 2 CPU cores it learned rgb -> semseg shapes far slower than a small CNN over the same
-    tokens (README, 4M section). Inputs and targets are disjoint, so a query never sees its own answer."""
+    tokens (docs/log.md). Inputs and targets are disjoint, so a query never sees its own answer."""
 
     def __init__(self, C, num_layers, grid):
         super().__init__()
@@ -698,6 +608,10 @@ class FourM(nn.Module):
 
     def encode(self, enc_tokens, enc_pos, enc_mod, enc_pad):
         """Visible tokens (B, N_in) -> (context for the decoder (B, N_in, C), GridMixer features (B, h*w, C) or None)."""
+        # every padded slot becomes the same token (id 0 of modality 0 at position 0), whatever the batch put there:
+        # a sample with no visible input (its inputs dropped in training, or the unconditional stream of guidance)
+        # is then exactly one thing, attended through cross_attention_mask's fallback
+        enc_tokens, enc_pos, enc_mod = (t.masked_fill(enc_pad, 0) for t in (enc_tokens, enc_pos, enc_mod))
         ids = enc_tokens + self.vocab_offset[enc_mod]
         x = self.tok_emb(ids) + self.enc_mod_emb(enc_mod)  # (B, N_in, C)
         if self.digit_emb is not None:
@@ -742,13 +656,16 @@ class FourM(nn.Module):
         logits = self.head(self.dec_norm(x))  # (B, N_tgt, V)
         return logits.masked_fill(~self.in_vocab[dec_mod], float('-inf'))
 
-    def forward(self, enc_tokens, enc_pos, enc_mod, enc_pad, dec_pos, dec_mod, dec_pad, targets=None, dec_tokens=None):
+    def forward(self, enc_tokens, enc_pos, enc_mod, enc_pad, dec_pos, dec_mod, dec_pad, targets=None, dec_tokens=None,
+                loss_tokens=None):
         """Tokens are ids within their modality's own vocabulary; positions index the modality's grid (raster
         order) or sequence; *_pad (bool) marks padding. targets (B, N_tgt) holds -1 on padding. dec_tokens
         (seq_masking='span'): each autoregressive target's previous token, -1 for none (see decode).
         Returns (logits (B, N_tgt, V) over the shared id space, loss, metrics): the loss is the mean over target
         tokens of each modality, then the mean over the modalities present in the batch; metrics hold the
-        per-modality losses (NaN for a modality with no target tokens in this batch)."""
+        per-modality losses (NaN for a modality with no target tokens in this batch). loss_tokens (M,): the target
+        tokens per modality to average over (default this batch's; train.py passes the optimizer step's, see
+        loss_tokens())."""
         context, grid = self.encode(enc_tokens, enc_pos, enc_mod, enc_pad)
         logits = self.decode(context, enc_pad, dec_pos, dec_mod, dec_pad, dec_tokens, grid=grid)
         if targets is None:
@@ -762,12 +679,17 @@ class FourM(nn.Module):
         weight = valid.flatten().float()
         loss_sum = torch.zeros(M, device=logits.device).index_add_(0, dec_mod.flatten(), token_loss * weight)
         count = torch.zeros(M, device=logits.device).index_add_(0, dec_mod.flatten(), weight)
-        present = count > 0
-        per_modality = loss_sum / count.clamp(min=1)  # (M,)
-        loss = (per_modality * present).sum() / present.sum().clamp(min=1)
-        per_modality = torch.where(present, per_modality, float('nan')).detach()
+        total = count if loss_tokens is None else loss_tokens  # (M,)
+        present = total > 0
+        loss = (loss_sum / total.clamp(min=1) * present).sum() / present.sum().clamp(min=1)
+        per_modality = torch.where(count > 0, loss_sum / count.clamp(min=1), float('nan')).detach()  # (M,)
         metrics = {f'loss_{name}': per_modality[i] for i, name in enumerate(self.names)}
         return logits, loss, metrics
+
+    def loss_tokens(self, batch):
+        """Target tokens per modality (M,) of a batch: what its loss averages each modality over (see MaskGIT's)."""
+        valid = (batch['targets'] >= 0).flatten().float()
+        return torch.zeros(len(self.names), device=valid.device).index_add_(0, batch['dec_mod'].flatten(), valid)
 
     def modality_id(self, name):
         if name not in self.names:
@@ -821,21 +743,23 @@ class FourM(nn.Module):
 
     @torch.no_grad()
     def generate(self, inputs, target, scheme='maskgit', steps=8, temperature=1.0, top_k=None, top_p=None,
-                 schedule=None, generator=None, cfg_scale=1.0, kv_cache=True):
+                 schedule=None, generator=None, cfg_scale=1.0, kv_cache=True, batch_size=1):
         """All tokens (B, L) of modality `target` given inputs {name: tokens (B, L_m)}. Image targets (and
         sequences of a 'random' model) are decoded iteratively: the target tokens decided so far join the encoder
         input, the still unknown ones are the decoder's queries; schedule: cosine for maskgit, linear (constant per
         step) for roar, unless given. Sequences of a 'span' model need scheme='ar' (generate_sequence).
-        cfg_scale != 1: classifier-free guidance against the same prediction with the inputs removed."""
+        cfg_scale != 1: classifier-free guidance against the same prediction with the inputs removed. With no
+        inputs at all ({}), batch_size samples are unconditional."""
         t = self.modality_id(target)
         if bool(self.is_ar[t]) != (scheme == 'ar'):
             raise ValueError(f"{target!r} is decoded with scheme=ar by this model (seq_masking='span')" if self.is_ar[t]
                              else f"scheme=ar is for the sequence modalities of a seq_masking='span' model; decode "
                                   f"{target!r} with scheme=maskgit or scheme=roar")
         if scheme == 'ar':
-            return self.generate_sequence(inputs, target, temperature, top_k, top_p, cfg_scale, generator, kv_cache)
+            return self.generate_sequence(inputs, target, temperature, top_k, top_p, cfg_scale, generator, kv_cache,
+                                          batch_size)
         L = self.config.modalities[t]['num_tokens']
-        B = next(iter(inputs.values())).size(0)
+        B = next(iter(inputs.values())).size(0) if inputs else batch_size
         device = self.pos_table.device
         positions = torch.arange(L, device=device).expand(B, -1)
 
@@ -857,20 +781,22 @@ class FourM(nn.Module):
 
     @torch.no_grad()
     def generate_sequence(self, inputs, target, temperature=1.0, top_k=None, top_p=None, cfg_scale=1.0,
-                          generator=None, kv_cache=True):
+                          generator=None, kv_cache=True, batch_size=1, return_logits=False):
         """A whole sequence modality, autoregressively (seq_masking='span'): the target is one span covering the
         sequence, so it starts with the first sentinel; then one token per step until <eos>. The encoder runs
         once; the decoder keeps its self-attention keys in a KV cache (kv_cache=False re-runs it over the whole
-        prefix every step: the slow reference). cfg_scale != 1 runs a second stream with the inputs removed,
-        as one batch of 2B. Returns (B, num_tokens) in the dataset's layout: tokens, <eos>, then <pad>."""
+        prefix every step: the slow reference). cfg_scale != 1 runs a second stream with the inputs removed
+        (all padding: what a sample whose inputs were all dropped is in training), as one batch of 2B. Returns
+        (B, num_tokens) in the dataset's layout: tokens, <eos>, then <pad>; with return_logits, also the
+        (guided) logits of every step (B, steps, vocab)."""
         t = self.modality_id(target)
         spec = self.config.modalities[t]
         L, eos, V = spec['num_tokens'], spec['eos'], spec['vocab_size']
         first_sentinel = V - spec['num_sentinels']
-        B = next(iter(inputs.values())).size(0)
+        B = next(iter(inputs.values())).size(0) if inputs else batch_size
         enc_tokens, enc_pos, enc_mod, enc_pad = self.encoder_inputs(inputs, B)
         guided = cfg_scale != 1.0
-        if guided:  # rows B..2B-1: the same tokens, all padding, i.e. nothing visible
+        if guided:  # rows B..2B-1: all padding, i.e. nothing visible (encode makes padding content irrelevant)
             enc_tokens, enc_pos, enc_mod = (torch.cat([x, x]) for x in (enc_tokens, enc_pos, enc_mod))
             enc_pad = torch.cat([enc_pad, torch.ones_like(enc_pad)])
         context, _ = self.encode(enc_tokens, enc_pos, enc_mod, enc_pad)  # sequence queries: no grid features
@@ -882,6 +808,7 @@ class FourM(nn.Module):
             cache = KVCache(len(self.decoder), R, c.n_head, c.n_embd // c.n_head, max_len, device, context.dtype)
         prev = torch.full((R, 1), -1, dtype=torch.long, device=device)  # each position's previous token
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        step_logits = []
         for j in range(max_len):
             pos = torch.arange(j, j + 1, device=device) if kv_cache else torch.arange(j + 1, device=device)
             dec_pos = pos.expand(R, -1)
@@ -891,6 +818,7 @@ class FourM(nn.Module):
             logits = logits[:, -1, offset:offset + V].float()  # (R, V)
             if guided:
                 logits = cfg_logits(logits[:B], logits[B:], cfg_scale)
+            step_logits.append(logits)
             if j == 0:  # every whole-sequence target starts with the first sentinel
                 nxt = torch.full((B, 1), first_sentinel, dtype=torch.long, device=device)
             else:
@@ -905,7 +833,7 @@ class FourM(nn.Module):
             row = (row[:row.index(eos)] if eos in row else row)[:L - 1]
             out[b, :len(row)] = torch.tensor(row, dtype=torch.long)
             out[b, len(row)] = eos
-        return out
+        return (out, torch.stack(step_logits, 1)) if return_logits else out
 
 
 def decoder_attention(dec_mod, dec_pos, dec_pad, is_ar, dec_attn='modality'):
@@ -931,8 +859,8 @@ def self_attention_mask(keep):
 
 def cross_attention_mask(key_valid, num_queries):
     """key_valid (B, N_k) -> (B, 1, num_queries, N_k). A sample with no valid key at all (nothing visible, e.g.
-    unconditional generation) attends to its padding instead of nothing, which would be NaN; padding carries
-    no information, so that is an unconditional prediction."""
+    unconditional generation) attends to its padding instead of nothing, which would be NaN; FourM.encode makes
+    every padded slot identical, so that is one and the same unconditional prediction in training and sampling."""
     key_valid = key_valid | ~key_valid.any(dim=1, keepdim=True)
     return key_valid[:, None, None, :].expand(-1, 1, num_queries, -1)
 
@@ -948,186 +876,6 @@ def next_token_outputs(model, x, targets):
     logits = softcap(model.lm_head(x), cap)  # (B, T, V)
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
     return logits, loss, {}
-
-
-@torch.no_grad()
-def generate_causal(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                    kv_cache=True, generator=None):
-    """Continue idx (B, T) by max_new_tokens tokens with any causal family (gpt, lstm, kgram_mlp): each has
-    forward(idx, kv_cache=...) and new_kv_cache(batch_size). With kv_cache=False every step re-runs the whole
-    (cropped) context: the slow, obviously correct reference the cached path is tested against.
-
-    Past block_size: the uncached path conditions on the last block_size tokens at every step. Learned
-    absolute positions cannot slide inside a cache, so the cached path, when its cache is full,
-    re-prefills the last block_size // 2 tokens and goes on; that costs one prefill per block_size // 2
-    new tokens and keeps every cached key at the position it was computed for."""
-    block_size = model.config.block_size
-    cache = model.new_kv_cache(idx.size(0)) if kv_cache else None
-    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-    next_input = None
-    for _ in range(max_new_tokens):
-        if cache is None:
-            logits, _, _ = model(idx[:, -block_size:])
-        else:
-            if next_input is None or cache.length + 1 > block_size:
-                cache.reset()  # (re-)prefill
-                next_input = idx[:, -(block_size // 2 if next_input is not None else block_size):]
-            logits, _, _ = model(next_input, kv_cache=cache)
-        idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
-        if stop_token is not None:
-            idx_next = torch.where(done[:, None], torch.full_like(idx_next, stop_token), idx_next)
-            done |= idx_next[:, 0] == stop_token
-        idx = torch.cat((idx, idx_next), dim=1)
-        next_input = idx_next
-        if stop_token is not None and done.all():
-            break
-    return idx
-
-
-def sample_logits(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """logits (..., V) -> sampled ids (..., 1). temperature 0 is greedy (argmax)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)
-    flat = probs.reshape(-1, probs.size(-1))
-    return torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
-
-
-def gumbel_noise(shape, generator=None, device=None):
-    """Standard Gumbel noise -log(-log(u)), u ~ U(0, 1), kept finite at both ends."""
-    u = torch.rand(shape, generator=generator, device=device)
-    return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))
-
-
-def sample_logits_icdf(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """Same distribution as sample_logits, drawn by inverse CDF: one uniform number per row, found in the row's
-    cumulative probabilities. torch.multinomial is slow on CPU for many rows at once (every grid position of
-    every image in a MaskGIT step), and Gumbel-max needs a random number and two logs per vocabulary entry
-    (1.9 vs 0.5 ms for a 256 x 1000 step on one core). Returns ids (...,), without the trailing 1."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    cdf = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1).cumsum(dim=-1)  # (..., V)
-    u = torch.rand(*cdf.shape[:-1], 1, generator=generator, device=cdf.device) * cdf[..., -1:]
-    # the first id whose cumulative probability exceeds u (a filtered id adds nothing, so it is never first)
-    return torch.searchsorted(cdf, u, right=True)[..., 0].clamp(max=cdf.size(-1) - 1)
-
-
-def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
-    """Temperature, then top-k, then top-p (nucleus): logits (..., V) -> logits with dropped ids at -inf."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[..., [-1]]
-        logits = logits.masked_fill(logits < kth, float('-inf'))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # drop a token once the mass before it already reaches top_p (the most likely token always stays)
-        drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float('-inf'))
-    return logits
-
-
-def cfg_logits(cond_logits, uncond_logits, scale):
-    """Classifier-free guidance: uncond + scale * (cond - uncond), written as cond + (scale - 1) * (cond - uncond)
-    so that scale 1 returns the conditional logits bit for bit (no guidance), scale 0 the unconditional ones,
-    and scale > 1 pushes away from the unconditional prediction."""
-    if scale == 1.0:
-        return cond_logits
-    return cond_logits + (scale - 1.0) * (cond_logits - uncond_logits)
-
-
-def masking_schedule(name, t):
-    """Share of a grid's tokens still masked at decoding progress t in [0, 1] (1 at t = 0, 0 at t = 1).
-    'cosine' is MaskGIT's cos(pi/2 t): few tokens early, when the model knows least, many late. 'linear' is
-    1 - t, i.e. the same number every step (the course reference's constant schedule, and what a model trained
-    with a uniform mask count expects)."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    if name == 'cosine':
-        return torch.cos(0.5 * math.pi * t)
-    if name in ('linear', 'uniform'):
-        return 1.0 - t
-    raise ValueError(f"unknown masking schedule {name!r}: choose cosine, linear or uniform")
-
-
-def reveal_counts(num_masked, steps, schedule='cosine'):
-    """num_masked (B,) unknown tokens per sample -> (steps, B) how many each step reveals: after step s,
-    floor(num_masked * schedule((s + 1) / steps)) stay masked, at least one is revealed per step (while any
-    remain), and the last step reveals the rest, so each column sums to num_masked."""
-    num_masked = torch.as_tensor(num_masked, dtype=torch.long)
-    remaining, counts = num_masked.clone(), []
-    for s in range(steps):
-        keep = torch.floor(num_masked.double() * masking_schedule(schedule, (s + 1) / steps)).long()
-        keep = torch.minimum(keep, (remaining - 1).clamp(min=0)) if s < steps - 1 else torch.zeros_like(keep)
-        counts.append(remaining - keep)
-        remaining = keep
-    return torch.stack(counts)
-
-
-@torch.no_grad()
-def iterative_decode(predict_logits_fn, tokens, mask, steps=8, scheme='maskgit', schedule='cosine',
-                     temperature=1.0, top_k=None, top_p=None, choice_temperature=4.5, cfg_scale=1.0,
-                     generator=None, return_history=False):
-    """Fill the masked positions of tokens (B, L) in `steps` parallel steps (MaskGIT, Chang et al. 2022).
-
-    Each step predicts every position, samples a token at every masked one (temperature, top-k, top-p),
-    and keeps the k most confident of them, k from `reveal_counts`:
-      'maskgit'  confidence = log p(sampled token) + choice_temperature * (1 - (s + 1) / steps) * Gumbel noise,
-                 so the choice starts out noisy (diverse) and becomes greedy by the last step
-      'roar'     a random order: confidence is the Gumbel noise alone (what 4M's ROAR decoding does)
-    predict_logits_fn(tokens, mask, cond_dropped) -> logits (B, L, V) for every position; with cfg_scale != 1
-    it is called a second time with cond_dropped=True and the two are mixed by cfg_logits.
-    Returns tokens with no position left masked (and the mask all False); with return_history, also a list
-    of (tokens, mask) after every step, for a picture of the decoding process."""
-    tokens, mask = tokens.clone(), mask.clone()
-    counts = reveal_counts(mask.sum(dim=1).cpu(), steps, schedule).to(tokens.device)  # (steps, B)
-    history = []
-    for s in range(steps):
-        logits = predict_logits_fn(tokens, mask, False)
-        if cfg_scale != 1.0:
-            logits = cfg_logits(logits, predict_logits_fn(tokens, mask, True), cfg_scale)
-        logits = logits.float()
-        sampled = sample_logits_icdf(logits, temperature, top_k, top_p, generator)  # (B, L)
-        gumbel = gumbel_noise(sampled.shape, generator, sampled.device)  # (B, L) for the choice of positions
-        if scheme == 'maskgit':  # log p(sampled) = its logit - logsumexp, without a (B, L, V) log_softmax
-            log_p = logits.gather(-1, sampled[..., None])[..., 0] - logits.logsumexp(dim=-1)
-            confidence = log_p + choice_temperature * (1.0 - (s + 1) / steps) * gumbel
-        elif scheme == 'roar':
-            confidence = gumbel
-        else:
-            raise ValueError(f"unknown decoding scheme {scheme!r}: choose 'maskgit' or 'roar'")
-        confidence = confidence.masked_fill(~mask, float('-inf'))  # only masked positions can be revealed
-        rank = confidence.argsort(dim=1, descending=True).argsort(dim=1)  # 0 = most confident
-        reveal = (rank < counts[s][:, None]) & mask
-        tokens = torch.where(reveal, sampled, tokens)
-        mask = mask & ~reveal
-        if return_history:
-            history.append((tokens.clone(), mask.clone()))
-    assert not mask.any(), "decoding left masked tokens"
-    return (tokens, mask, history) if return_history else (tokens, mask)
-
-
-@torch.no_grad()
-def autoregressive_decode(model, prefix, num_tokens, vocab_limit=None, temperature=1.0, top_k=None, top_p=None,
-                          cfg_scale=1.0, uncond_prefix=None, generator=None, kv_cache=True):
-    """Continue prefix (B, P) by num_tokens tokens with a GPT, optionally only among ids < vocab_limit (an image
-    model's codebook: class ids are never sampled) and with classifier-free guidance against uncond_prefix
-    (B, P) (e.g. the 'no class' token): the conditional and unconditional streams run as one batch of 2B
-    through one KV cache. kv_cache=False re-runs the whole sequence every step: the slow reference."""
-    B = prefix.size(0)
-    guided = cfg_scale != 1.0
-    seq = torch.cat([prefix, uncond_prefix]) if guided else prefix  # (B or 2B, P)
-    cache = model.new_kv_cache(seq.size(0), max_len=prefix.size(1) + num_tokens) if kv_cache else None
-    next_input = seq
-    for _ in range(num_tokens):
-        logits, _, _ = model(next_input if kv_cache else seq, kv_cache=cache)
-        logits = logits[:, -1, :vocab_limit].float()  # (B or 2B, V)
-        if guided:
-            logits = cfg_logits(logits[:B], logits[B:], cfg_scale)
-        nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # (B, 1)
-        next_input = torch.cat([nxt, nxt]) if guided else nxt  # both streams continue with the guided token
-        seq = torch.cat([seq, next_input], dim=1)
-    return seq[:B, prefix.size(1):]
 
 
 def num_params(model, non_embedding=True):
@@ -1158,133 +906,14 @@ def flops_per_token(model, seq_len):
         return (6 * (enc * n_in + dec * n_tgt) + attention) / seq_len
     return 6 * num_params(model) + 12 * c.n_layer * c.n_embd * seq_len
 
-# -----------------------------------------------------------------------------
-# optimizers
-
-def newton_schulz(G, steps=5, dtype=torch.float32):
-    """An approximation of the semi-orthogonal matrix U Vᵀ nearest to G = U S Vᵀ (all singular values -> 1),
-    by the quintic Newton–Schulz iteration of Muon (Jordan et al., 2024): X <- aX + (b·XXᵀ + c·(XXᵀ)²)X. Its
-    coefficients trade exactness for speed: after 5 steps the singular values lie in roughly [0.7, 1.2],
-    which trains as well as exact orthogonalisation at a fraction of an SVD's cost (matmuls only).
-    G: one matrix (m, n) or a stack (k, m, n), each orthogonalised on its own.
-    dtype: bfloat16, as Muon's authors run it, is 2.6x faster on a CPU with native bf16 (README)."""
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.to(dtype)
-    tall = X.size(-2) > X.size(-1)
-    if tall:  # iterate on the smaller Gram matrix
-        X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # Frobenius >= spectral norm: singular values in [0, 1]
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return X.mT if tall else X
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon ('MomentUm Orthogonalized by Newton–Schulz', Jordan et al., 2024) for the param groups with
-    muon=True, AdamW for the others: one optimizer object, so train.py's schedule, gradient clipping,
-    GradScaler and checkpoints treat it like any other (its state is plain tensors in state_dict()).
-
-    Muon, for a 2-D weight W (out, in) with gradient G and momentum buffer M:
-        M <- μM + G;   U <- NewtonSchulz(G + μM)  (Nesterov);   W <- W - lr · sqrt(max(1, out/in)) · U
-    The orthogonalised update changes W by the same amount in every direction of its input space, instead of
-    mostly along the few dominant directions of G. It is meant for hidden matrices only: embeddings, output
-    heads, norms and biases use AdamW (decoupled weight decay, bias-corrected moments). A conv kernel
-    (out, in, kh, kw) is the matrix (out, in·kh·kw) (tokenizer.py trains its hidden convs with Muon).
-    Newton–Schulz runs in ns_dtype (configure_optimizer's argument), batched over the weights of one shape."""
-
-    def __init__(self, param_groups, lr, betas=(0.9, 0.95), eps=1e-8, momentum=0.95, ns_steps=5,
-                 ns_dtype=torch.float32):
-        defaults = dict(lr=lr, betas=betas, eps=eps, momentum=momentum, ns_steps=ns_steps, weight_decay=0.0,
-                        muon=False, lr_scale=1.0)
-        super().__init__(param_groups, defaults)
-        self.ns_dtype = ns_dtype
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd = group['lr'], group['weight_decay']
-            same_shape = {}  # Muon's updates before Newton–Schulz, by weight shape
-            for p in group['params']:
-                if p.grad is None:
-                    continue
-                g, state = p.grad, self.state[p]
-                if wd != 0:
-                    p.mul_(1 - lr * wd)
-                if group['muon']:
-                    if not state:
-                        state['momentum_buffer'] = torch.zeros_like(g)
-                    buf = state['momentum_buffer']
-                    buf.mul_(group['momentum']).add_(g)
-                    same_shape.setdefault(p.shape, []).append((p, g.add(buf, alpha=group['momentum'])))
-                else:
-                    if not state:
-                        state['step'] = torch.tensor(0.0)
-                        state['exp_avg'] = torch.zeros_like(p)
-                        state['exp_avg_sq'] = torch.zeros_like(p)
-                    beta1, beta2 = group['betas']
-                    state['step'] += 1
-                    step = state['step'].item()
-                    state['exp_avg'].lerp_(g, 1 - beta1)
-                    state['exp_avg_sq'].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                    denom = (state['exp_avg_sq'] / (1 - beta2 ** step)).sqrt_().add_(group['eps'])
-                    p.addcdiv_(state['exp_avg'], denom, value=-lr / (1 - beta1 ** step))
-            # one Newton–Schulz per weight shape on the stack of its updates: a few large matmuls instead of many
-            # small ones (1.9x faster for the 16x16 tokenizer's twelve 64x576 kernels on 2 CPU cores)
-            for shape, pairs in same_shape.items():
-                G = torch.stack([update.reshape(shape[0], -1) for _, update in pairs])  # (k, out, in·kh·kw)
-                scale = max(1.0, G.size(1) / G.size(2)) ** 0.5
-                for (p, _), update in zip(pairs, newton_schulz(G, group['ns_steps'], self.ns_dtype)):
-                    p.add_(update.view_as(p).to(p.dtype), alpha=-lr * scale)
-        return loss
-
-
-def hidden_matrices(model):
-    """The 2-D weights of the Linear layers inside the network, the ones Muon is for: not embeddings (nor the
-    output head tied to them), not output heads (any Linear whose module path says 'head'), not norms or biases."""
-    embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
-    found, seen = [], set()
-    for name, m in model.named_modules():
-        if not isinstance(m, nn.Linear) or any('head' in part for part in name.split('.')):
-            continue
-        p = m.weight
-        if p.requires_grad and id(p) not in embeddings and id(p) not in seen:
-            found.append(p)
-            seen.add(id(p))
-    return found
-
-
-def configure_optimizer(model, weight_decay, learning_rate, betas, device_type, ns_dtype=torch.float32):
-    """AdamW with weight decay on >=2-D tensors only (matmul weights, embeddings), not on biases and norms.
-
-    With model.config.optimizer == 'muon': Muon on hidden_matrices(model) at config.muon_lr (no weight decay),
-    AdamW as above on the rest. Each group's 'lr_scale' is its peak learning rate over learning_rate, so
-    train.py's schedule sets group['lr'] = lr(it) · lr_scale and decays both alike. ns_dtype: the precision of
-    Muon's Newton–Schulz matmuls (train.py passes bfloat16 when it trains in bfloat16)."""
-    config = model.config
-    params = [p for p in model.parameters() if p.requires_grad]
-    assert config.optimizer in ('adamw', 'muon'), f"unknown optimizer {config.optimizer!r}: 'adamw' or 'muon'"
-    muon = hidden_matrices(model) if config.optimizer == 'muon' else []
-    muon_ids = {id(p) for p in muon}
-    decay = [p for p in params if p.dim() >= 2 and id(p) not in muon_ids]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
-    if config.optimizer == 'adamw':
-        fused = device_type == 'cuda'  # the fused kernel is a single launch per step on GPUs
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-    groups.append({'params': muon, 'muon': True, 'weight_decay': 0.0, 'lr': config.muon_lr,
-                   'lr_scale': config.muon_lr / learning_rate})
-    return Muon(groups, lr=learning_rate, betas=betas, momentum=config.muon_momentum, ns_dtype=ns_dtype)
-
-
-MODEL_FAMILIES = {'gpt': GPT, 'maskgit': MaskGIT, '4m': FourM, 'lstm': LSTM, 'kgram_mlp': KGramMLP}
+# model_type -> 'module.Class'. A new family is one line here; families outside this file import its blocks, so
+# they are imported when built rather than at the top (no import cycle)
+FAMILIES = {'gpt': 'model.GPT', 'maskgit': 'model.MaskGIT', '4m': 'model.FourM',
+            'lstm': 'baselines.LSTM', 'kgram_mlp': 'baselines.KGramMLP'}
 
 
 def build_model(config):
-    if config.model_type not in MODEL_FAMILIES:
-        raise ValueError(f"unknown model_type {config.model_type!r}; choose one of {sorted(MODEL_FAMILIES)}")
-    return MODEL_FAMILIES[config.model_type](config)
+    if config.model_type not in FAMILIES:
+        raise ValueError(f"unknown model_type {config.model_type!r}; choose one of {sorted(FAMILIES)}")
+    module, name = FAMILIES[config.model_type].rsplit('.', 1)
+    return getattr(importlib.import_module(module), name)(config)

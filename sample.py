@@ -41,10 +41,11 @@ import time
 import numpy as np
 import torch
 
+from common import DTYPES, CheckpointError, load_model, pick_device, pick_dtype
 from configurator import ConfigError, configure
 from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, decode_words, encode_words, image_view,
                   load_meta, load_tokens, save_image_grid, text_tokenizer)
-from model import ModelConfig, autoregressive_decode, build_model, iterative_decode
+from decoding import generate_image_tokens
 
 # -----------------------------------------------------------------------------
 mode = 'ar'                 # 'ar' (gpt, lstm, kgram_mlp) | 'maskgit' (maskgit) | 'chain' (4m)
@@ -82,48 +83,6 @@ caption = ''                # condition on this text instead of a val scene's ca
 chain_dir = ''              # where PNGs and text go; '' = out_dir/chain
 # -----------------------------------------------------------------------------
 _config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
-
-
-def load_model(out_dir, ckpt='ckpt', device='cpu'):
-    """A checkpoint written by train.py -> (model in eval mode, checkpoint dict). Never unpickles code."""
-    path = os.path.join(out_dir, f'{ckpt}.pt')
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: train one with `python train.py <config> "
-                                f"--out_dir={out_dir}`, or pass the --out_dir of a finished run")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(ModelConfig.from_dict(checkpoint['model_config']))
-    model.load_state_dict(checkpoint['model'])
-    model.eval().to(device)
-    return model, checkpoint
-
-
-def generate_image_tokens(model, cond, meta, steps=8, scheme='maskgit', schedule='cosine', temperature=1.0,
-                          top_k=None, top_p=None, choice_temperature=4.5, cfg_scale=1.0, generator=None,
-                          return_history=False, kv_cache=True):
-    """Conditions -> image token grids (B, L) from either family (and, for maskgit with return_history, the
-    (tokens, mask) after each step). cond is (B,) class labels or (B, cond_len) condition ids (e.g. caption
-    tokens); meta is the dataset's meta.json or its data.image_view. gpt: autoregressive after the condition
-    tokens, ids codebook_size + cond; the unconditional stream for guidance starts from 'no condition' tokens.
-    maskgit: iterative decoding from a fully masked grid, the condition as prefix ('no condition' when dropped)."""
-    meta = image_view(meta)
-    K, null_id = meta['codebook_size'], meta['cond_vocab_size']
-    gh, gw = meta['grid']
-    cond = cond[:, None] if cond.dim() == 1 else cond
-    B, device = cond.size(0), cond.device
-    null = torch.full_like(cond, null_id)
-    if model.config.model_type == 'gpt':
-        tokens = autoregressive_decode(model, K + cond, gh * gw, vocab_limit=K, temperature=temperature, top_k=top_k,
-                                       top_p=top_p, cfg_scale=cfg_scale, uncond_prefix=K + null, generator=generator,
-                                       kv_cache=kv_cache)
-        return (tokens, []) if return_history else tokens
-
-    def predict_logits(tokens, mask, cond_dropped):
-        return model(tokens, mask, null if cond_dropped else cond, compute_loss=False)[0]
-    tokens = torch.zeros(B, gh * gw, dtype=torch.long, device=device)
-    mask = torch.ones(B, gh * gw, dtype=torch.bool, device=device)
-    out = iterative_decode(predict_logits, tokens, mask, steps, scheme, schedule, temperature, top_k, top_p,
-                           choice_temperature, cfg_scale, generator, return_history)
-    return (out[0], out[2]) if return_history else out[0]
 
 
 def history_strip(dataset, meta, history, picks):
@@ -172,7 +131,7 @@ def sample_images(model, dataset, meta, device_name, generator):
     cond, names, truth = image_conditions(dataset, meta, device_name)
     t0 = time.time()
     tokens, history = generate_image_tokens(
-        model, cond.repeat_interleave(num_samples, dim=0), meta, steps, scheme, schedule, temperature, top_k or None,
+        model, cond.repeat_interleave(num_samples, dim=0), image_view(meta), steps, scheme, schedule, temperature, top_k or None,
         top_p if top_p < 1.0 else None, choice_temperature, cfg_scale, generator, return_history=True, kv_cache=kv_cache)
     dt = time.time() - t0
     path = image_out or os.path.join(out_dir, f'samples_{mode}.png')
@@ -198,7 +157,6 @@ def main():
         configure(globals(), keys=_config_keys)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    from train import pick_device, pick_dtype
     device_name = pick_device(device)
     device_type = 'cuda' if device_name.startswith('cuda') else device_name
     torch.manual_seed(seed)
@@ -215,9 +173,9 @@ def main():
                 meta = image_view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
         else:
             raise SystemExit("sample.py: init_from must be 'resume' for now")
-    except (FileNotFoundError, DataError) as e:
+    except (CheckpointError, DataError) as e:
         sys.exit(f"sample.py: {e}")
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[pick_dtype(dtype, device_type)]
+    ptdtype = DTYPES[pick_dtype(dtype, device_type)]
     model.to(ptdtype) if ptdtype != torch.float32 else None
     if compile:
         model = torch.compile(model)

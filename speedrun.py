@@ -18,7 +18,6 @@ Times depend on the machine and on whatever else runs on it; tokens do not. Run 
 the thread count you will train with (OMP_NUM_THREADS), or on a shared one with OMP_NUM_THREADS=1 --clock=cpu:
 time is then this process's CPU seconds, which other jobs barely inflate.
 """
-import inspect
 import json
 import math
 import os
@@ -28,9 +27,11 @@ from dataclasses import fields
 
 import torch
 
+from common import lr_schedule
 from configurator import ConfigError, configure
 from data import DataError, load_data
-from model import ModelConfig, build_model, configure_optimizer
+from model import ModelConfig, build_model
+from optim import configure_optimizer
 
 # -----------------------------------------------------------------------------
 base = 'config/train_shakespeare_char_cpu.py'  # the recipe every run starts from
@@ -48,6 +49,11 @@ clock = 'wall'              # 'wall' | 'cpu': time in process CPU seconds / thre
 out = 'out-speedrun/speedrun.md'  # the table; the per-run rows and eval curves go next to it (.jsonl)
 # -----------------------------------------------------------------------------
 _config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+
+# the training keys a run reads, at train.py's defaults (a base recipe overrides them; vocab_size 0: the data's)
+TRAINING_DEFAULTS = dict(vocab_size=0, dataset='shakespeare_char', block_size=1024, batch_size=12, gradient_accumulation_steps=1,
+                         learning_rate=6e-4, max_iters=600000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+                         decay_lr=True, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5)
 
 # Rows: name -> overrides of the base recipe. 'iters' scales the run's schedule (max_iters and lr_decay_iters);
 # 'file' names a config file applied over the base (the ready configs, measured as they ship).
@@ -87,7 +93,7 @@ def run_config(base_config, overrides):
     cfg = dict(base_config)
     overrides = dict(overrides)
     if 'file' in overrides:
-        cfg = configure(cfg, argv=[overrides.pop('file')], keys=list(cfg))
+        cfg = configure(cfg, argv=[overrides.pop('file')], keys=list(cfg), allow_new=True)
     scale = overrides.pop('iters', 1.0)
     cfg.update(overrides)
     if scale != 1.0:
@@ -97,8 +103,7 @@ def run_config(base_config, overrides):
 
 
 def make_data(cfg):
-    kwargs = {'config': cfg} if 'config' in inspect.signature(load_data).parameters else {}  # families that need it
-    return load_data(cfg['dataset'], cfg['model_type'], cfg['block_size'], **kwargs)
+    return load_data(cfg['dataset'], cfg['model_type'], cfg['block_size'], cfg)
 
 
 @torch.no_grad()
@@ -112,7 +117,6 @@ def evaluate(model, eval_set):
 def train_run(cfg, seed, target_loss, eval_set, data):
     """Train one configuration until its val loss reaches target_loss (None: to the end of its schedule).
     Returns its eval history [(iter, train seconds, val loss)] and its tokens per iteration."""
-    from train import lr_schedule
     torch.manual_seed(seed)
     model_args = {f.name: cfg[f.name] for f in fields(ModelConfig)}
     for k, v in data.model_args.items():
@@ -170,10 +174,9 @@ def main():
         configure(globals(), keys=_config_keys)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
-    import train  # its defaults are the full set of training keys (every ModelConfig field too)
-    base_config = {k: getattr(train, k) for k in train._config_keys}
-    try:
-        base_config = configure(base_config, argv=[base], keys=list(base_config))
+    base_config = {**{f.name: f.default for f in fields(ModelConfig)}, **TRAINING_DEFAULTS}
+    try:  # the base recipe's other keys (data options, out_dir, ...) come along as it sets them
+        base_config = configure(base_config, argv=[base], keys=list(base_config), allow_new=True)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     if max_iters:

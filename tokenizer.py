@@ -4,8 +4,8 @@ Discrete image tokenizers trained here: a small convolutional autoencoder with a
 Why FSQ (finite scalar quantisation) and not a VQ codebook: each of the 4 latent channels is squashed to a
 bounded range and rounded to one of L_i levels, and the token is the mixed-radix number of the 4 digits. There
 is no learned codebook, so no codebook collapse or dead codes, and no commitment loss / EMA updates / dead-code
-restarts to tune. CALIBRATION.md measured FSQ [8,5,5,5] above an EMA VQ with restarts at equal time on both grids
-(37.1 vs 35.1 dB at 16x16, 33.3 vs 30.8 dB at 8x8), using 99% of codes, and 14-27% faster per image.
+restarts to tune. An early prototype measured FSQ [8,5,5,5] above an EMA VQ with restarts at equal time on both
+grids (37.1 vs 35.1 dB at 16x16, 33.3 vs 30.8 dB at 8x8), using 99% of codes, and 14-27% faster per image.
 
 Also here: the metrics later evaluation code reuses (psnr, depth_abs_rel, normals_angular_error, edge_f1, miou,
 pixel_accuracy, object_colour_accuracy), the network-free semseg tokenization (majority pooling to the token
@@ -18,8 +18,8 @@ which renders/reads its own images, trains, prints the metrics and saves data/<d
 (name = <modality> for the default grid, <modality>_g<grid> otherwise). On a shared machine add
 --threads=1 --clock=cpu: the budget then counts CPU seconds, and one thread avoids OpenMP stalls.
 
-Training: Muon (model.Muon) for the hidden convs, AdamW for the rest, no flips for rgb (the light is fixed): in the
-3-minute budget on 2 CPU cores, 32.7 dB at 8x8 and 36.4 dB at 16x16 on clevr val (README Stage 2).
+Training: Muon (optim.Muon) for the hidden convs, AdamW for the rest, no flips for rgb (the light is fixed): in the
+3-minute budget on 2 CPU cores, 32.7 dB at 8x8 and 36.4 dB at 16x16 on clevr val (docs/results.md).
 
 FSQ caveat: a sigmoid-bounded latent stops getting gradient once |z| is large; training adds a penalty on
 |z| beyond 4 (zero in the useful range) after a normals run saturated and collapsed to one code without it.
@@ -39,7 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import clevr
-from model import Muon
+from common import cpu_has_bf16
+from optim import Muon
 
 # -----------------------------------------------------------------------------
 # model
@@ -75,7 +76,7 @@ def config_for(image_size, grid, in_channels):
 
 
 def default_crop(image_size, grid):
-    """The training crop for a grid: 32x32 for 64 -> 16 (+1.3 dB at equal time, README), else whole images (at 8x8
+    """The training crop for a grid: 32x32 for 64 -> 16 (+1.3 dB at equal time, docs/log.md), else whole images (at 8x8
     the encoder's receptive field spans most of a 32-pixel crop, and crops hurt)."""
     return 32 if (image_size, grid) == (64, 16) else 0
 
@@ -83,7 +84,7 @@ def default_crop(image_size, grid):
 class ResBlock(nn.Module):
     # pre-norm residual block; a zero-initialised second conv starts it as the identity. The norm is a LayerNorm over
     # the channels of each pixel, not GroupNorm: in channels_last memory the channels are the contiguous last axis,
-    # so it costs ~5% of a step where GroupNorm is slow on CPU, and it was worth +0.45 dB at equal time (README)
+    # so it costs ~5% of a step where GroupNorm is slow on CPU, and it was worth +0.45 dB at equal time (docs/log.md)
     def __init__(self, ch, norm):
         super().__init__()
         self.norm = nn.LayerNorm(ch) if norm == 'layernorm' else nn.Identity()
@@ -168,17 +169,6 @@ class ImageTokenizer(nn.Module):
 # training
 
 
-def cpu_supports_bf16():
-    """True when this CPU has native bf16 matmul instructions (avx512_bf16 or AMX); elsewhere bf16 autocast on CPU
-    is emulated and slower than fp32."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            flags = f.read()
-        return 'avx512_bf16' in flags or 'amx_bf16' in flags
-    except OSError:
-        return False
-
-
 def _to_float(batch):
     """uint8 -> [0, 1]; float arrays are taken as already in [0, 1]."""
     batch = torch.as_tensor(batch)
@@ -234,9 +224,9 @@ def train_tokenizer(train_images, val_images, cfg, max_seconds=180.0, max_steps=
         raise ValueError(f"optimizer must be 'muon' or 'adamw', not {optimizer!r}")
     torch.manual_seed(seed)
     if bf16 is None:
-        bf16 = cpu_supports_bf16() if device == 'cpu' else torch.cuda.is_bf16_supported()
+        bf16 = cpu_has_bf16() if device == 'cpu' else torch.cuda.is_bf16_supported()
     model = ImageTokenizer(cfg).to(device).to(memory_format=torch.channels_last)
-    # Muon for the hidden convs: +0.6 dB at 8x8 and +1.0 dB at 16x16 over AdamW alone at equal time (README). The
+    # Muon for the hidden convs: +0.6 dB at 8x8 and +1.0 dB at 16x16 over AdamW alone at equal time (docs/log.md). The
     # stem and output convs (pixels) and the two convs at the 4-channel latent stay on AdamW: Muon is made for
     # hidden layers, and an orthogonalised (4, 128) update would move every latent channel at full rate
     outer = {id(m.weight) for m in (model.encoder[1], model.encoder[-1], model.decoder[0], model.decoder[-2])}

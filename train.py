@@ -22,9 +22,12 @@ import torch
 from torch.distributed import destroy_process_group, init_process_group
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from common import (CheckpointError, load_checkpoint, lookup_peak_flops, lr_schedule, pick_device, pick_dtype,
+                    save_checkpoint)
 from configurator import ConfigError, configure
 from data import DataError, load_data
-from model import ModelConfig, build_model, configure_optimizer, flops_per_token, num_params
+from model import ModelConfig, build_model, flops_per_token, num_params
+from optim import configure_optimizer
 
 # -----------------------------------------------------------------------------
 # default config (GPT-2 124M on OpenWebText-sized settings); config files and --key=value override these
@@ -83,10 +86,10 @@ min_lr = 6e-5
 # system
 backend = ''                 # '' picks nccl on CUDA, gloo otherwise
 device = ''                  # '' picks cuda, then mps, then cpu
-dtype = ''                   # 'float32' | 'bfloat16' | 'float16'; '' picks bfloat16 where the GPU has it, else float32
+dtype = 'auto'               # 'auto' (bfloat16 on GPUs and CPUs that have it, else float32) | 'float32' | 'bfloat16' | 'float16'
 compile = False              # torch.compile the model
 deterministic = False        # torch.use_deterministic_algorithms, for bit-exact resume checks
-peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 looks the device up in PEAK_FLOPS
+peak_flops = 0.0             # per-device peak FLOP/s for MFU; 0 looks the device up in common.PEAK_FLOPS
 seed = 1337
 # -----------------------------------------------------------------------------
 for _f in fields(ModelConfig):
@@ -94,74 +97,13 @@ for _f in fields(ModelConfig):
 _config_keys = [k for k, v in globals().items()
                 if not k.startswith('_') and isinstance(v, (int, float, bool, str, tuple, list, dict, type(None)))]
 
-# Peak dense FLOP/s by device name fragment and dtype, for MFU (vendor dense figures, no sparsity). The CPU
-# entry is a large matmul measured on our 2-core AVX-512 VMs (fp32 / bf16); set --peak_flops for your machine.
-
-PEAK_FLOPS = {
-    'H200': {'bfloat16': 989e12, 'float16': 989e12, 'float32': 67e12},
-    'H100': {'bfloat16': 989e12, 'float16': 989e12, 'float32': 67e12},
-    'A100': {'bfloat16': 312e12, 'float16': 312e12, 'float32': 19.5e12},
-    'L40S': {'bfloat16': 362e12, 'float16': 362e12, 'float32': 91.6e12},
-    'A10G': {'bfloat16': 125e12, 'float16': 125e12, 'float32': 31.2e12},
-    'RTX 4090': {'bfloat16': 165e12, 'float16': 165e12, 'float32': 82.6e12},
-    'RTX 3090': {'bfloat16': 71e12, 'float16': 71e12, 'float32': 35.6e12},
-    'V100': {'bfloat16': 125e12, 'float16': 125e12, 'float32': 15.7e12},
-    'T4': {'bfloat16': 65e12, 'float16': 65e12, 'float32': 8.1e12},
-    'cpu': {'bfloat16': 800e9, 'float16': 160e9, 'float32': 160e9},
-}
-
 
 class TrainingError(RuntimeError):
     pass
 
 
-def pick_device(requested):
-    if requested:
-        return requested
-    if torch.cuda.is_available():
-        return 'cuda'
-    if getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available():
-        return 'mps'
-    return 'cpu'
-
-
-def pick_dtype(requested, device_type):
-    if requested:
-        return requested
-    if device_type == 'cuda' and torch.cuda.is_bf16_supported():
-        return 'bfloat16'
-    return 'float32'
-
-
-def lookup_peak_flops(device_type, dtype):
-    name = torch.cuda.get_device_name() if device_type == 'cuda' else device_type
-    for key, table in PEAK_FLOPS.items():
-        if key in name:
-            return table[dtype]
-    return 0.0  # unknown device: MFU is not printed
-
-
-def lr_schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr=True):
-    """Linear warmup, cosine decay to min_lr, then constant (speedrun.py uses it too)."""
-    if not decay_lr:
-        return learning_rate
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
-
-
 def get_lr(it):
     return lr_schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
-
-
-def save_checkpoint(path, checkpoint):
-    """Write to a temp file and rename: a crash mid-write leaves the previous file intact."""
-    tmp = path + '.tmp'
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
 
 
 def rng_state():
@@ -198,7 +140,10 @@ def main():
     master = rank == 0
     grad_accum //= world_size
     device_type = 'cuda' if device_name.startswith('cuda') else device_name
-    ptdtype_name = pick_dtype(dtype, device_type)
+    try:
+        ptdtype_name = pick_dtype(dtype, device_type)
+    except ValueError as e:
+        sys.exit(f"config error: {e}")
     if master:
         print(json.dumps({**config, 'device': device_name, 'dtype': ptdtype_name, 'world_size': world_size}, indent=None))
         os.makedirs(out_dir, exist_ok=True)
@@ -208,7 +153,7 @@ def main():
     if device_type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[ptdtype_name]
+    ptdtype = getattr(torch, ptdtype_name)  # torch.float32, torch.bfloat16, torch.float16
     autocast = nullcontext() if ptdtype_name == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
 
     # -------------------------------------------------------------------------
@@ -231,7 +176,10 @@ def main():
         if not os.path.exists(ckpt_path):
             sys.exit(f"init_from='resume' but {ckpt_path} does not exist: train with --init_from=scratch first, "
                      f"or point --out_dir at the run to continue")
-        checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)
+        try:
+            checkpoint = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            sys.exit(f"resume error: {e}")
         saved = checkpoint['model_config']
         for k in saved:
             if k != 'dropout' and saved[k] != model_args.get(k):

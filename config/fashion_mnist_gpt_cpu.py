@@ -24,3 +24,4 @@ beta2 = 0.99
 warmup_iters = 100
 weight_decay = 0.05
 compile = False
+dtype = 'float32'             # measured in fp32; 'auto' would take bf16 on CPUs that have it

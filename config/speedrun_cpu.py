@@ -28,3 +28,4 @@ warmup_iters = 100
 max_iters = 1000
 lr_decay_iters = 1000
 compile = False
+dtype = 'float32'             # measured in fp32; 'auto' would take bf16 on CPUs that have it

@@ -19,3 +19,4 @@ min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100
 compile = False
+dtype = 'float32'             # measured in fp32; 'auto' would take bf16 on CPUs that have it

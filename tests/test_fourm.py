@@ -184,7 +184,7 @@ def test_fsq_codes_share_digit_embeddings():
 
 
 def test_iterative_decode_schemes_fill_everything():
-    from model import iterative_decode, reveal_counts
+    from decoding import iterative_decode, reveal_counts
     assert reveal_counts(torch.tensor([16]), 4, 'linear')[:, 0].tolist() == [4, 4, 4, 4]
     assert reveal_counts(torch.tensor([3]), 8, 'cosine')[:, 0].sum() == 3
     for scheme in ('maskgit', 'roar'):
@@ -245,7 +245,7 @@ def test_torchrun_two_ranks_4m(synth, data_root, tmp_path):
 
 
 # -----------------------------------------------------------------------------
-# 4M as in the paper (issue 6): span masking, autoregressive sequences, CFG, specialists
+# 4M as in the paper: span masking, autoregressive sequences, CFG, specialists
 
 def test_span_masking_round_trip():
     from data import span_corrupt, span_mask, span_reconstruct
@@ -375,7 +375,7 @@ def test_autoregressive_generation_cached_uncached_and_teacher_forced(synth, dat
 
 
 def test_cfg_scale_one_is_the_conditional_path_and_zero_the_unconditional(synth, data_root):
-    from model import cfg_logits
+    from decoding import cfg_logits
     cond, uncond = torch.randn(3, 7), torch.randn(3, 7)
     assert torch.equal(cfg_logits(cond, uncond, 1.0), cond) and torch.allclose(cfg_logits(cond, uncond, 0.0), uncond)
     assert torch.allclose(cfg_logits(cond, uncond, 3.0), uncond + 3.0 * (cond - uncond), atol=1e-5)
@@ -391,6 +391,41 @@ def test_cfg_scale_one_is_the_conditional_path_and_zero_the_unconditional(synth,
     alone = model.predict({}, 'depth', query_pos=torch.arange(16).expand(4, -1)).argmax(-1)
     assert torch.equal(uncond, alone)
     assert not torch.allclose(model.predict({'rgb': rgb}, 'depth'), model.predict({}, 'depth', query_pos=torch.arange(16).expand(4, -1)))
+
+
+def test_unconditional_stream_ignores_the_condition_and_is_no_inputs(synth, data_root):
+    """cfg_scale=0 is the unconditional model: whatever the condition, the same logits and the same samples, equal to
+    generating from no inputs at all, and equal to what training shows for a sample whose inputs were all dropped.
+    Catches an unconditional stream that still reads the inputs (e.g. real tokens marked as padding but attended)."""
+    data, model = span_model(synth)
+    rgb = torch.from_numpy(np.load(os.path.join(data_root, synth, 'val', 'rgb.npy'))).long()
+    a, b = rgb[:4], rgb[4:8]
+    assert not torch.equal(a, b)
+    text_a, logits_a = model.generate_sequence({'rgb': a}, 'caption', temperature=0, cfg_scale=0.0, return_logits=True)
+    text_b, logits_b = model.generate_sequence({'rgb': b}, 'caption', temperature=0, cfg_scale=0.0, return_logits=True)
+    text_0, logits_0 = model.generate_sequence({}, 'caption', temperature=0, batch_size=4, return_logits=True)
+    assert torch.equal(text_a, text_b) and torch.equal(text_a, text_0)
+    assert torch.allclose(logits_a, logits_b, atol=1e-5) and torch.allclose(logits_a, logits_0, atol=1e-5)
+    _, logits_cond = model.generate_sequence({'rgb': a}, 'caption', temperature=0, return_logits=True)
+    assert not torch.allclose(logits_cond[:, :2], logits_0[:, :2], atol=1e-3)  # the condition does matter unguided
+    # image targets (MaskGIT steps): sampled with the same random stream, the condition changes nothing at scale 0
+    kw = dict(scheme='maskgit', steps=4, temperature=1.0, cfg_scale=0.0)
+    depth_a = model.generate({'rgb': a}, 'depth', generator=torch.Generator().manual_seed(3), **kw)
+    depth_b = model.generate({'rgb': b}, 'depth', generator=torch.Generator().manual_seed(3), **kw)
+    depth_0 = model.generate({}, 'depth', generator=torch.Generator().manual_seed(3), batch_size=4,
+                             **dict(kw, cfg_scale=1.0))
+    assert torch.equal(depth_a, depth_b) and torch.equal(depth_a, depth_0)
+    # training's view of a sample whose inputs were all dropped: its padded input slots hold whatever the batch had
+    batch = data.get_batch('train', 4, torch.Generator().manual_seed(0))
+    batch['enc_pad'][:] = True
+    logits, _, _ = model(**{k: v for k, v in batch.items() if k != 'targets'})
+    offset = int(model.vocab_offset[model.modality_id('depth')])
+    queries = ~batch['dec_pad'] & (batch['dec_mod'] == model.modality_id('depth'))  # (4, N_tgt)
+    assert queries.any()
+    for i in range(4):
+        if queries[i].any():
+            alone = model.predict({}, 'depth', query_pos=batch['dec_pos'][i][queries[i]][None])
+            assert torch.allclose(logits[i, queries[i], offset:offset + 8], alone[0], atol=1e-5)
 
 
 def test_tiny_span_train_then_ar_chain_with_cfg(synth, data_root, tmp_path):

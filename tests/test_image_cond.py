@@ -89,11 +89,11 @@ def test_clevr_train_then_sample(tiny_clevr16, data_root, tmp_path, family, mode
 
 
 def test_speed_table_on_caption_grid(tiny_clevr16, data_root):
-    result = run([sys.executable, 'eval.py', '--mode=speed', f'--dataset={tiny_clevr16}', '--speed_shape=1x2x32',
+    result = run([sys.executable, 'bench.py', '--mode=speed', f'--dataset={tiny_clevr16}', '--speed_shape=1x2x32',
                   '--speed_batch=2', '--speed_threads=1', '--speed_dtypes=float32,bfloat16'],
                  env_extra={'NANO4M_DATA': data_root})
     rows = [line for line in result.stdout.splitlines() if line.startswith('| 16x16')]
     assert len(rows) == 2 and '256 + 51' in rows[0] and 'thr' in rows[0]  # batch 1 and the large batch
-    bad = run([sys.executable, 'eval.py', '--mode=speed', f'--dataset={tiny_clevr16}', '--speed_shape=big'],
+    bad = run([sys.executable, 'bench.py', '--mode=speed', f'--dataset={tiny_clevr16}', '--speed_shape=big'],
               env_extra={'NANO4M_DATA': data_root}, check=False)
     assert bad.returncode != 0 and 'LxHxC' not in bad.stderr and '6x8x256' in bad.stderr

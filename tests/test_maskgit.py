@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import run
-from model import (ModelConfig, autoregressive_decode, build_model, cfg_logits, iterative_decode, masking_schedule,
-                   reveal_counts)
+from decoding import autoregressive_decode, cfg_logits, iterative_decode, masking_schedule, reveal_counts
+from model import ModelConfig, build_model
 
 K, GH, GW, NUM_CLASSES = 20, 3, 4, 5
 
@@ -119,7 +119,7 @@ def test_confidence_picks_most_likely_and_roar_differs():
 
 
 def test_icdf_sampling_matches_multinomial():
-    from model import sample_logits, sample_logits_icdf
+    from decoding import sample_logits, sample_logits_icdf
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -3.0]).expand(20000, 5)
     gen = torch.Generator().manual_seed(0)
     for kw in (dict(temperature=1.0), dict(temperature=0.7, top_k=3), dict(temperature=1.0, top_p=0.8)):

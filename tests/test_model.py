@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from model import ModelConfig, build_model, configure_optimizer, sample_logits
+from decoding import sample_logits
+from model import ModelConfig, build_model
+from optim import configure_optimizer
 
 
 def tiny(**kw):

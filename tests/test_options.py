@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import run
-from model import (Block, ModelConfig, Muon, apply_rope, build_model, configure_optimizer, hidden_matrices,
-                   newton_schulz, num_params, rope_1d, rope_2d)
+from model import Block, ModelConfig, apply_rope, build_model, num_params, rope_1d, rope_2d
+from optim import Muon, configure_optimizer, hidden_matrices, newton_schulz
 
 
 def tiny(**kw):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import eval as E
+import judges as J
 from tokenizer import class_ious, depth_abs_rel, depth_delta1, miou, normals_angular_error
 
 CUBE = 'a large red metal cube in the back left'
@@ -67,15 +68,15 @@ def test_pixel_metrics_hand_made():
 
 def test_objects_found_and_crop_window():
     truth = [{'colour': 'red', 'shape': 'cube'}, {'colour': 'blue', 'shape': 'sphere'}]
-    assert E.objects_found([{('red', 'cube')}, {('gray', 'cube'), ('blue', 'sphere')}], truth) == 1.0
-    assert E.objects_found([{('red', 'cube')}, {('blue', 'cube')}], truth) == 0.5  # the colour alone is not enough
-    assert E.objects_found([set(), set()], truth) == 0.0 and E.objects_found([], []) == 1.0
+    assert J.objects_found([{('red', 'cube')}, {('gray', 'cube'), ('blue', 'sphere')}], truth) == 1.0
+    assert J.objects_found([{('red', 'cube')}, {('blue', 'cube')}], truth) == 0.5  # the colour alone is not enough
+    assert J.objects_found([set(), set()], truth) == 0.0 and J.objects_found([], []) == 1.0
     img = np.zeros((64, 64, 3), dtype=np.uint8)
     img[10:20, 30:40] = 255
-    crop = E.crop_window(img, (30, 10, 39, 19), margin=0, size=10)
+    crop = J.crop_window(img, (30, 10, 39, 19), margin=0, size=10)
     assert crop.shape == (10, 10, 3) and crop.min() == 1.0  # exactly the box, scaled to [0, 1]
-    assert E.crop_window(img, (0, 0, 3, 3), jitter=(-5, -5)).shape == (24, 24, 3)  # clipped at the border
-    judged = E.ObjectJudge().judge(np.stack([img, img]), [[{'box': (30, 10, 39, 19)}], []])  # untrained: shapes only
+    assert J.crop_window(img, (0, 0, 3, 3), jitter=(-5, -5)).shape == (24, 24, 3)  # clipped at the border
+    judged = J.ObjectJudge().judge(np.stack([img, img]), [[{'box': (30, 10, 39, 19)}], []])  # untrained: shapes only
     assert len(judged) == 2 and len(judged[0]) == 1 and isinstance(judged[0][0], set) and judged[1] == []
 
 

@@ -56,7 +56,7 @@ def test_sigterm_checkpoints_and_resumes(shakespeare_char, data_root, tmp_path):
 
 
 def test_checkpoint_write_failing_halfway_keeps_old_file(tmp_path, monkeypatch):
-    import train as train_module
+    import common as train_module
     path = str(tmp_path / 'ckpt.pt')
     train_module.save_checkpoint(path, {'iter_num': 1, 'w': torch.ones(3)})
 
