@@ -1,10 +1,7 @@
-# GPT on clevr rgb token grids (8x8, 1000 FSQ codes, raster order) after the caption (51 word ids in front; loss
-# on the image tokens only; dropped 10% of the time for classifier-free guidance), on a CPU: 4 layers, 4 heads, 128 wide.
-# 0.93M parameters, 700 iterations of batch 64 (51 + 63 tokens in, 64 targets), bf16 autocast: 202 ms per iteration on 2
-# idle cores (~2.5 min; attention in fp32 on CPUs, README Stage 1). Earlier: 10.5 min
-# wall, 6.0 min CPU, on one thread of a 2-core VM shared with three other jobs; val loss 3.26 (image tokens; 6.90 at
-# the start). Samples follow the caption's object count, placement and colours (better than clevr_maskgit_cpu.py at
-# the same budget, README, Stage 3).
+# GPT on clevr rgb token grids (8x8, 1000 FSQ codes, raster order) after the 51-word caption, which is dropped 10% of
+# the time for classifier-free guidance; loss on image tokens only. 4 layers, 4 heads, 128 wide: 0.93M parameters.
+# 700 iterations of batch 64, bf16 autocast: ~2.5 min on 2 idle cores of a 2-core CPU VM (202 ms per iteration).
+# Reaches val loss 3.26 (6.90 at the start); samples follow the caption's object count, placement and colours.
 #   python prepare.py clevr && python train.py config/clevr_gpt_cpu.py
 #   python sample.py --out_dir=out-clevr-gpt-cpu --mode=ar --num_captions=6 --num_samples=4 --cfg_scale=2.0
 out_dir = 'out-clevr-gpt-cpu'

@@ -1,7 +1,7 @@
 # MaskGIT on Fashion-MNIST token grids, GPU recipe: 6 layers, 8 heads, 256 wide, batch 256, bf16 where available.
-# Not yet measured on a GPU (the CPU variant is fashion_mnist_maskgit_cpu.py).
+# Not yet run on a GPU (the CPU variant is fashion_mnist_maskgit_cpu.py).
 #   python prepare.py fashion_mnist && python train.py config/fashion_mnist_maskgit.py
-#   python eval.py --maskgit_dir=out-fashion-mnist-maskgit --gpt_dir=out-fashion-mnist-gpt
+#   python eval.py --mode=fashion_mnist --maskgit_dir=out-fashion-mnist-maskgit --gpt_dir=out-fashion-mnist-gpt
 out_dir = 'out-fashion-mnist-maskgit'
 dataset = 'fashion_mnist'
 model_type = 'maskgit'

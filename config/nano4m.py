@@ -1,9 +1,7 @@
-# nano4M on GPUs: about the course reference size (encoder 6, decoder 6, width 512), bf16, compiled.
-# Measured on one H100 (torchrun, 1 process, batch 64 x 8 micro-steps): 381 iterations in < 4.5 min including
-# compile (a SIGTERM at the time limit checkpointed cleanly), rgb->semseg mIoU 0.280, abs-rel 0.076; the full
-# 40,000 iterations (~5B tokens, the course reference budget) have not been run. That measurement predates the
-# boxes modality, span masking, input_drop and grid_conv below (the CPU config's settings, tested there; not yet on
-# a GPU).
+# nano4M on GPUs: encoder 6, decoder 6, width 512 (about the course reference size), batch 512, bf16, compiled;
+# the CPU config's settings (boxes, span masking, input_drop, grid_conv). The full 40,000 iterations (~5B tokens)
+# have not been run. An earlier version ran 381 iterations on one H100 in 4.5 min with compile: rgb->semseg mIoU
+# 0.280, abs-rel 0.076 (docs/results.md).
 #   python prepare.py clevr && torchrun --standalone --nproc_per_node=8 train.py config/nano4m.py
 out_dir = 'out-nano4m'
 dataset = 'clevr'
