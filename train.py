@@ -9,6 +9,7 @@ One training loop for every nano4M family. Runs on a CPU, one GPU, or many throu
 The batch comes from data.py and the loss from the model family, so this file knows no family.
 """
 import gc
+import itertools
 import json
 import math
 import os
@@ -25,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common import (CheckpointError, load_checkpoint, lookup_peak_flops, lr_schedule, pick_device, pick_dtype,
                     save_checkpoint)
 from configurator import ConfigError, configure
-from data import DataError, load_data
+from data import BatchPrefetcher, DataError, load_data, make_key
 from model import ModelConfig, build_model, flops_per_token, num_params
 from optim import configure_optimizer
 
@@ -106,6 +107,13 @@ def get_lr(it):
     return lr_schedule(it, learning_rate, warmup_iters, lr_decay_iters, min_lr, decay_lr)
 
 
+def real_token_count(batch, total):
+    """Tokens of a batch of `total` positions that are not padding (4m marks its padding in *_pad; the other
+    families have none)."""
+    pads = [v for k, v in batch.items() if k.endswith('_pad')]
+    return sum(int(p.numel() - p.sum()) for p in pads) if pads else total
+
+
 def rng_state():
     state = {'torch': torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -162,9 +170,9 @@ def main():
         data = load_data(dataset, model_type, block_size, config)
     except DataError as e:
         sys.exit(f"data error: {e}")
-    # every rank draws the global batch from the same stream and keeps its slice (see data.global_draw); the
-    # sampler's state is part of the checkpoint for exact resume
-    sampler = torch.Generator().manual_seed(seed)
+    # every batch's randomness is keyed by (seed, iteration, micro-step) and each sample's by its index in the global
+    # batch (data.make_key): a rank builds only its own slice, 2 ranks x b see exactly what 1 rank x 2b sees, and a
+    # resumed run continues the data stream from iter_num alone
 
     model_args = {f.name: config[f.name] for f in fields(ModelConfig)}
     for k, v in data.model_args.items():  # what the dataset fixes (vocabulary, grids, modalities), unless set
@@ -217,7 +225,6 @@ def main():
                                     ns_dtype=torch.bfloat16 if ptdtype_name == 'bfloat16' else torch.float32)
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint['optimizer'])
-        sampler.set_state(checkpoint['sampler_state'])
         if checkpoint['world_size'] == world_size:
             torch.set_rng_state(checkpoint['rng_state'][rank]['torch'])
             if device_type == 'cuda' and 'cuda' in checkpoint['rng_state'][rank]:
@@ -236,26 +243,33 @@ def main():
         model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
 
     flops_token = flops_per_token(raw_model, model_config.block_size)
-    peak = peak_flops or lookup_peak_flops(device_type, ptdtype_name)
+    peak = peak_flops or lookup_peak_flops(device_type, ptdtype_name)  # of one device: MFU is per device
+    # batches are built on a background thread a few steps ahead (data.BatchPrefetcher), overlapping the model step
+    step_keys = (make_key(seed, it, micro) for it in itertools.count(iter_num) for micro in range(grad_accum))
+    train_batches = BatchPrefetcher(data, 'train', batch_size, step_keys, rank, world_size,
+                                    pin_memory=device_type == 'cuda')
+    # the families whose loss averages over a data-dependent number of tokens (MaskGIT's masked ones, 4M's targets
+    # per modality) are told the whole optimizer step's count, so every micro-batch on every rank weighs its share
+    count_loss_tokens = getattr(raw_model, 'loss_tokens', None)
 
     def batch_to_device(batch):
-        if device_type == 'cuda':
-            return {k: v.pin_memory().to(device_name, non_blocking=True) for k, v in batch.items()}
+        if device_type == 'cuda':  # pinned by the prefetcher (eval batches are pinned here)
+            return {k: (v if v.is_pinned() else v.pin_memory()).to(device_name, non_blocking=True) for k, v in batch.items()}
         return {k: v.to(device_name) for k, v in batch.items()}
 
     @torch.no_grad()
     def estimate_loss():
         """Mean loss over eval_iters batches per split, drawn from a fixed seed so every eval (and a resumed
-        run's) sees the same batches and the training sampler is not disturbed."""
+        run's) sees the same batches."""
         out = {}
         model.eval()
         for split in ('train', 'val'):
-            gen = torch.Generator().manual_seed(seed + 10_000)
             losses = torch.zeros(eval_iters)
             metrics_sum = {}
             for k in range(eval_iters):
+                batch = data.get_batch(split, batch_size, make_key(seed + 10_000, k), rank, world_size)
                 with autocast:
-                    _, loss, metrics = model(**batch_to_device(data.get_batch(split, batch_size, gen, rank, world_size)))
+                    _, loss, metrics = model(**batch_to_device(batch))
                 losses[k] = loss.item()
                 for name, value in metrics.items():  # e.g. per-modality losses; NaN: undefined for this batch
                     value = float(value)
@@ -284,7 +298,6 @@ def main():
             'best_val_loss': best_val_loss,
             'data_meta': data.meta,  # what the tokens mean: sample.py decodes with it, resume checks it
             'world_size': world_size,
-            'sampler_state': sampler.get_state(),  # the same on every rank
             'rng_state': gathered(rng_state()),
         }
         if not master:
@@ -377,12 +390,22 @@ def main():
             break
 
         # forward, backward, update; gradients are all-reduced only on the last micro-step
-        for micro_step in range(grad_accum):
-            batch = batch_to_device(data.get_batch('train', batch_size, sampler, rank, world_size))
+        wait_before = train_batches.wait
+        batches = [train_batches.next() for _ in range(grad_accum)]
+        data_wait = train_batches.wait - wait_before  # seconds this step waited for its batches
+        real_tokens = sum(real_token_count(b, batch_size * model_config.block_size) for b in batches)  # on the CPU
+        batches = [batch_to_device(b) for b in batches]
+        extra_args = {}
+        if count_loss_tokens is not None:
+            step_tokens = sum(count_loss_tokens(b) for b in batches)  # this rank's micro-batches
+            if ddp:
+                torch.distributed.all_reduce(step_tokens)  # + every other rank's: the whole step's count
+            extra_args['loss_tokens'] = step_tokens / (grad_accum * world_size)  # a micro-batch's share
+        for micro_step, batch in enumerate(batches):
             if ddp:
                 model.require_backward_grad_sync = micro_step == grad_accum - 1
             with autocast:
-                _, loss, metrics = model(**batch)
+                _, loss, metrics = model(**batch, **extra_args)
                 loss = loss / grad_accum
             scaler.scale(loss).backward()
         loss_value = loss.detach() * grad_accum
@@ -404,8 +427,13 @@ def main():
         dt, t0 = t1 - t0, t1
         step_times.append(dt)
         if iter_num % log_interval == 0 and master:
-            tokens_per_s = tokens_per_iter / dt
-            line = f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s"
+            # per device: this rank's real (non-padding) tokens over its step time; padding costs FLOPs but does no work
+            tokens_per_s = real_tokens / dt
+            padding = 1.0 - real_tokens / (grad_accum * batch_size * model_config.block_size)
+            line = (f"iter {iter_num}: loss {loss_value:.4f}, time {dt * 1000:.2f}ms, {tokens_per_s:,.0f} tok/s per device, "
+                    f"data wait {data_wait / dt * 100:.1f}%")
+            if padding > 0:
+                line += f", padding {padding * 100:.1f}%"
             if peak and iter_num >= first_iter + 5:  # skip the warm-up iterations (compile, allocator)
                 mfu = flops_token * tokens_per_s / peak
                 running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
@@ -414,7 +442,8 @@ def main():
             line += ''.join(f", {k} {v:.4f}" for k, v in extra.items())
             print(line)
             log_metrics({'iter': iter_num, 'event': 'train', 'loss': loss_value, 'lr': lr, 'dt_ms': dt * 1000,
-                         'tokens_per_s': tokens_per_s, 'mfu': running_mfu, **extra})
+                         'tokens_per_s': tokens_per_s, 'mfu': running_mfu, 'data_wait_ms': data_wait * 1000,
+                         'padding': padding, **extra})
         iter_num += 1
 
     if master and step_times:  # wall time of the whole loop (evals and checkpoints included): what a run costs
@@ -428,6 +457,7 @@ def main():
         torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
         if master:
             print(f"ranks in sync: largest weight difference across {world_size} ranks {(high - low).max().item():.3g}")
+    train_batches.close()
     if metrics_file:
         metrics_file.close()
     if wandb_log and master:

@@ -201,6 +201,28 @@ def train_args(out, *extra):
             '--dtype=float32', '--compile=False', '--device=cpu', '--warmup_iters=2', *extra]
 
 
+def test_two_ranks_train_exactly_like_one_rank_with_twice_the_batch(synth, data_root, tmp_path):
+    """4M's loss is a mean per modality; with budgets (1, 16) every micro-batch has other counts per modality."""
+    ddp_matches_one_rank(str(tmp_path), train_args(str(tmp_path / 'unused')), {'NANO4M_DATA': data_root}, batch_size=4)
+
+
+def ddp_matches_one_rank(out_dir, base_args, env, batch_size, accum=2):
+    """Train 1 rank x (2b, accum micro-steps) and 2 ranks x (b, accum micro-steps each); both must end with the same
+    weights: the same samples, and every micro-batch weighted by its share of the optimizer step's loss tokens
+    (not averaged per micro-batch or per rank, which differ whenever the masked/target counts differ)."""
+    one, two = os.path.join(out_dir, 'one'), os.path.join(out_dir, 'two')
+    common = ['--max_iters=3', '--eval_interval=3', '--deterministic=True', '--dropout=0.0']
+    run([*base_args, f'--out_dir={one}', *common, f'--batch_size={2 * batch_size}',
+         f'--gradient_accumulation_steps={accum}'], env_extra=env)
+    run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *base_args[1:],
+         f'--out_dir={two}', *common, f'--batch_size={batch_size}', f'--gradient_accumulation_steps={2 * accum}'],
+        env_extra=env)
+    wa = torch.load(os.path.join(one, 'ckpt.pt'), weights_only=True)['model']
+    wb = torch.load(os.path.join(two, 'ckpt.pt'), weights_only=True)['model']
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst < 1e-5, worst
+
+
 def test_tiny_train_then_chain_is_deterministic(synth, data_root, tmp_path):
     out = str(tmp_path / 'run')
     env = {'NANO4M_DATA': data_root}

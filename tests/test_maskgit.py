@@ -242,6 +242,14 @@ TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=16', '--eval_i
         '--device=cpu', '--max_iters=20', '--eval_interval=20', '--warmup_iters=2', '--learning_rate=3e-3']
 
 
+def test_two_ranks_train_exactly_like_one_rank_with_twice_the_batch(tiny_images, data_root, tmp_path):
+    """MaskGIT's loss is a mean over masked tokens, whose number differs from sample to sample."""
+    from test_fourm import ddp_matches_one_rank
+    args = [sys.executable, 'train.py', 'config/fashion_mnist_maskgit_cpu.py', f'--dataset={tiny_images}',
+            *[a for a in TINY if not a.startswith(('--batch_size', '--max_iters', '--eval_interval'))]]
+    ddp_matches_one_rank(str(tmp_path), args, {'NANO4M_DATA': data_root}, batch_size=4)
+
+
 @pytest.mark.parametrize('family,mode', [('maskgit', 'maskgit'), ('gpt', 'ar')])
 def test_train_then_sample(tiny_images, data_root, tmp_path, family, mode):
     out = str(tmp_path / family)
