@@ -287,15 +287,15 @@ def test_span_batches_teacher_forcing_and_ranks(synth):
             assert b['dec_pos'][i, idx].tolist() == list(range(len(idx)))
             assert tgt[0] >= first_sentinel  # a target starts with a sentinel
             assert b['dec_tokens'][i, idx].tolist() == [-1] + tgt[:-1].tolist()  # shifted by one: teacher forcing
-    # a full caption round trip through span_tokens, with budgets large enough not to cut it
-    from data import span_reconstruct
-    row = np.concatenate([np.zeros(32, dtype=np.int64), [2, 3, 4, 5, 6, 1]])  # rgb, depth, then the caption
-    counts = np.zeros((3, 2), dtype=np.int64)
-    counts[cap] = (6, 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
-    for seed in range(5):
-        inp, tgt = data.span_tokens(row, counts, np.random.default_rng(seed))[cap]
-        assert inp[-1] == 1 and tgt[-1] == 1 and len(tgt) - 1 - sum(t >= first_sentinel for t in tgt) == 2
-        assert span_reconstruct(inp, tgt, first_sentinel, 1) == [2, 3, 4, 5, 6]
+    # a full caption round trip through span_pieces, with budgets large enough not to cut it
+    from data import sample_seeds, span_reconstruct
+    row = torch.tensor([[0] * 32 + [2, 3, 4, 5, 6, 1]] * 5)  # rgb, depth, then the caption; 5 samples
+    six = torch.full((5,), 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
+    inp, in_len, tgt, tgt_len = data.span_pieces(sample_seeds(0, torch.arange(5)), row, cap, six, six)
+    for i in range(5):
+        inp_i, tgt_i = inp[i, :in_len[i]].tolist(), tgt[i, :tgt_len[i]].tolist()
+        assert inp_i[-1] == 1 and tgt_i[-1] == 1 and len(tgt_i) - 1 - sum(t >= first_sentinel for t in tgt_i) == 2
+        assert span_reconstruct(inp_i, tgt_i, first_sentinel, 1) == [2, 3, 4, 5, 6]
     # the global batch is split across ranks exactly as in random mode
     whole = data.get_batch('train', 8, torch.Generator().manual_seed(4))
     halves = [data.get_batch('train', 4, torch.Generator().manual_seed(4), rank=r, world_size=2) for r in (0, 1)]
