@@ -238,7 +238,8 @@ def split_budget(budget, weights, available, jitter):
     weighted = torch.where(weights > 0, available, 0.0)
     x = waterfill(torch.minimum(budget, weighted.sum(1)), weights, weighted)
     spill = budget - x.sum(1)  # > 0 only when every weighted modality is full: spread evenly over the others
-    x = x + waterfill(spill.clamp_min(0), ((weights <= 0) & (available > 0)).double(), available - weighted)
+    if bool((spill > 1e-9).any()):  # (rare: a Dirichlet weight underflows to 0 only for alphas far below 0.1)
+        x = x + waterfill(spill.clamp_min(0), ((weights <= 0) & (available > 0)).double(), available - weighted)
     x = torch.where((x - x.round()).abs() < 1e-6, x.round(), x)  # whole shares stay whole despite float error
     counts = torch.minimum(x.floor(), available)
     left = (budget - counts.sum(1)).round().long()  # < M tokens
@@ -513,6 +514,16 @@ class FourMData:
         self.num_tokens = torch.from_numpy(self.num_tokens).long()
         self.first_t = torch.from_numpy(self.first).long()
         self.col_mod = torch.repeat_interleave(torch.arange(len(names)), self.num_tokens)  # (T,) modality of each column
+        # the span-masked modalities' columns as (S, N) rows padded to the longest, and their ids
+        if self.span_ids:
+            N = max(int(self.num_tokens[m]) for m in self.span_ids)
+            j = torch.arange(N)
+            self.span_real = torch.stack([j < self.num_tokens[m] for m in self.span_ids])  # (S, N)
+            self.span_cols = torch.stack([self.first_t[m] + j.clamp_max(self.num_tokens[m] - 1) for m in self.span_ids])
+            self.span_eos = torch.tensor([self.specs[m]['eos'] for m in self.span_ids])
+            self.span_sentinels = torch.tensor([self.specs[m]['num_sentinels'] for m in self.span_ids])
+            self.span_first_sentinel = torch.tensor([self.specs[m]['vocab_size'] - self.specs[m]['num_sentinels']
+                                                     for m in self.span_ids])
         # the modalities whose positions get shuffled (not the span-masked ones), grouped by size, and where each
         # group's slots go so the concatenated groups are in modality order
         shuffled = [m for m in range(len(names)) if not self.span[m]]
@@ -548,11 +559,10 @@ class FourMData:
         # input-able modality is dropped the sample has no inputs: the unconditional case guidance needs)
         keep = u[:, 4:4 + M] >= self.input_drop  # (B, M)
         gamma_u = u[:, 4 + 3 * M:].view(B, 2, K, M)
+        w_in, w_tgt = dirichlet_weights(alpha.repeat_interleave(2, 0), gamma_u.flatten(0, 1)).view(B, 2, M).unbind(1)
         avail_in = torch.where(on & self.is_input & keep, self.num_tokens, 0)
-        w_in = dirichlet_weights(alpha, gamma_u[:, 0])
         in_counts = split_budget(n_in, w_in, avail_in, u[:, 4 + M:4 + 2 * M])
         avail_tgt = torch.where(on & self.is_target, self.num_tokens - in_counts, 0)
-        w_tgt = dirichlet_weights(alpha, gamma_u[:, 1])
         tgt_counts = split_budget(n_tgt, w_tgt, avail_tgt, u[:, 4 + 2 * M:4 + 3 * M])
         return in_counts, tgt_counts, (w_in, avail_in, w_tgt, avail_tgt)
 
@@ -565,10 +575,11 @@ class FourMData:
         rows = (keyed_uniform(seeds, 1, 1)[:, 0] * len(scenes)).long()
         scene = scenes[rows]  # (B, T)
         in_counts, tgt_counts, split_state = self.draw_counts(seeds)
-        spans = [self.span_pieces(seeds, scene, m, in_counts[:, m], tgt_counts[:, m]) for m in self.span_ids]
+        spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
+            if self.span_ids else None
         img_in, img_tgt = in_counts * ~self.span, tgt_counts * ~self.span  # (B, M) spans are cut below
         extra_in = torch.zeros_like(img_in)
-        if spans:  # a short sequence leaves part of its budget unused: hand it to the image modalities
+        if spans is not None:  # a short sequence leaves part of its budget unused: hand it to the image modalities
             extra_in, extra_tgt = self.hand_over(seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state)
             img_tgt = img_tgt + extra_tgt
         # every image modality's positions in a random order; the first img_in[m] are inputs, the next
@@ -586,34 +597,36 @@ class FourMData:
         cols, is_in, is_tgt = (torch.cat([x.flatten(1) for x in xs], 1)[:, self.shuffle_slots] for xs in (cols, is_in, is_tgt))
         enc_cols, dec_cols = compact(cols, is_in, self.n_inputs), compact(cols, is_tgt, self.n_targets)
         batch = {**self.columns_to_batch(scene, enc_cols, 'enc'), **self.columns_to_batch(scene, dec_cols, 'dec', True)}
-        if spans:
+        if spans is not None:
             batch = self.add_spans(batch, spans, is_in.sum(1), is_tgt.sum(1))
         return batch
 
-    def span_pieces(self, seeds, scene, m, c_in, c_tgt):
-        """Span-mask sequence modality m for the whole batch: mask round(target share x real length) tokens in
-        spans (span_mask_batch), corrupt (span_corrupt_batch), cut input and target to their budgets.
-        -> (input ids (B, Li), their lengths (B,), target ids (B, Lt), their lengths (B,))."""
-        spec, first, N = self.specs[m], int(self.first[m]), int(self.num_tokens[m])
-        seq = scene[:, first:first + N]  # (B, N)
-        is_eos = seq == spec['eos']
-        length = torch.where(is_eos.any(1), is_eos.int().argmax(1), N)  # real length, without <eos>
+    def span_pieces(self, seeds, scene, c_in, c_tgt):
+        """Span-mask every span-masked modality of the batch at once, as (B, S, N) rows padded to the longest
+        (N): mask round(target share x real length) tokens in spans (span_mask_batch), corrupt
+        (span_corrupt_batch), cut input and target to their budgets c_in, c_tgt (B, S).
+        -> input ids (B, S, N + 1), their lengths (B, S), target ids (B, S, 2N + 1), their lengths (B, S)."""
+        B, (S, N) = len(seeds), self.span_cols.shape
+        eos, num_sentinels, first_sentinel = self.span_eos, self.span_sentinels, self.span_first_sentinel  # (S,)
+        seq = torch.where(self.span_real, scene[:, self.span_cols], eos[:, None])  # (B, S, N), <eos> past the end
+        is_eos = seq == eos[:, None]
+        length = torch.where(is_eos.any(2), is_eos.int().argmax(2), N)  # (B, S) real length, without <eos>
         share = c_tgt.double() / (c_in + c_tgt).clamp_min(1).double()
         num_masked = torch.round(share * length).long()
-        mask = span_mask_batch(length, num_masked, keyed_sort_keys(seeds, 3 + m, 2 * N + 2), spec['num_sentinels'])
-        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq, mask, length, spec['vocab_size'] - spec['num_sentinels'],
-                                                       spec['eos'])
-        return inp, torch.minimum(in_len, c_in), tgt, torch.minimum(tgt_len, c_tgt)
+        keys = keyed_sort_keys(seeds, 3, S * (2 * N + 2)).view(B * S, 2 * N + 2)
+        mask = span_mask_batch(length.flatten(), num_masked.flatten(), keys, num_sentinels.repeat(B))
+        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq.flatten(0, 1), mask, length.flatten(),
+                                                       first_sentinel.repeat(B)[:, None], eos.repeat(B)[:, None])
+        return (inp.view(B, S, -1), torch.minimum(in_len.view(B, S), c_in),
+                tgt.view(B, S, -1), torch.minimum(tgt_len.view(B, S), c_tgt))
 
     def hand_over(self, seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state):
         """The input and target budget a short sequence leaves unused -> extra (B, M) input and target counts
         for the image modalities, split by the sample's own Dirichlet weights among the modalities that may take
         them (not dropped, alpha > 0), from positions no input or target holds yet."""
         w_in, avail_in, w_tgt, avail_tgt = split_state
-        span_in = sum(p[1] for p in spans)
-        span_tgt = sum(p[3] for p in spans)
-        left_in = (in_counts * self.span).sum(1) - span_in  # (B,)
-        left_tgt = (tgt_counts * self.span).sum(1) - span_tgt
+        left_in = (in_counts * self.span).sum(1) - spans[1].sum(1)  # (B,)
+        left_tgt = (tgt_counts * self.span).sum(1) - spans[3].sum(1)
         u = keyed_uniform(seeds, 9, 2 * len(self.names))
         img = ~self.span
         free = self.num_tokens - img_in - img_tgt
@@ -624,22 +637,23 @@ class FourMData:
 
     def add_spans(self, batch, spans, n_in, n_tgt):
         """Write each sample's span-masked sequences after its image tokens (n_in (B,) inputs and n_tgt targets
-        so far), and add dec_tokens: each target's previous token in its sequence (teacher forcing), -1 for none
-        (image targets, the first token of a sequence)."""
+        so far), one modality after another, and add dec_tokens: each target's previous token in its sequence
+        (teacher forcing), -1 for none (image targets, the first token of a sequence)."""
+        inp, in_len, tgt, tgt_len = spans  # (B, S, L) and (B, S)
         batch['dec_tokens'] = torch.full_like(batch['dec_pos'], -1)
         wide = {k: torch.cat([v, v[:, :1]], dim=1) for k, v in batch.items()}  # a last, dummy column
-        for m, (inp, in_len, tgt, tgt_len) in zip(self.span_ids, spans):
-            prev = torch.cat([torch.full_like(tgt[:, :1], -1), tgt[:, :-1]], dim=1)
-            for p, start, length, pieces in (('enc', n_in, in_len, {'enc_tokens': inp}),
-                                             ('dec', n_tgt, tgt_len, {'targets': tgt, 'dec_tokens': prev})):
-                j = torch.arange(next(iter(pieces.values())).size(1))
-                dest = torch.where(j < length[:, None], start[:, None] + j, wide[f'{p}_pos'].size(1) - 1)  # (B, L)
-                for k, v in pieces.items():
-                    wide[k].scatter_(1, dest, v)
-                wide[f'{p}_pos'].scatter_(1, dest, j.expand_as(dest))
-                wide[f'{p}_mod'].scatter_(1, dest, m)
-                wide[f'{p}_pad'].scatter_(1, dest, False)
-            n_in, n_tgt = n_in + in_len, n_tgt + tgt_len
+        mods = torch.tensor(self.span_ids)[:, None]  # (S, 1)
+        prev = torch.cat([torch.full_like(tgt[:, :, :1], -1), tgt[:, :, :-1]], dim=2)
+        for p, start, length, pieces in (('enc', n_in, in_len, {'enc_tokens': inp}),
+                                         ('dec', n_tgt, tgt_len, {'targets': tgt, 'dec_tokens': prev})):
+            j = torch.arange(inp.size(2) if p == 'enc' else tgt.size(2))
+            start = start[:, None] + length.cumsum(1) - length  # (B, S) where each modality's piece starts
+            dest = torch.where(j < length[:, :, None], start[:, :, None] + j, wide[f'{p}_pos'].size(1) - 1).flatten(1)
+            for k, v in pieces.items():
+                wide[k].scatter_(1, dest, v.flatten(1))
+            wide[f'{p}_pos'].scatter_(1, dest, j.repeat(len(mods)).expand_as(dest))
+            wide[f'{p}_mod'].scatter_(1, dest, mods.expand(-1, len(j)).flatten().expand_as(dest))
+            wide[f'{p}_pad'].scatter_(1, dest, False)
         return {k: v[:, :-1].contiguous() for k, v in wide.items()}
 
     def columns_to_batch(self, scene, cols, prefix, targets=False):
@@ -751,7 +765,7 @@ def span_mask_batch(length, num_masked, keys, max_spans, mean_span=3):
     B, N = keys.size(0), (keys.size(1) - 2) // 2
     k = num_masked
     s = torch.round(k.double() / mean_span).long().clamp_min(1)
-    s = torch.minimum(s, torch.minimum(k, length - k + 1).clamp_max(max_spans)).clamp_min(1)
+    s = torch.minimum(s, torch.minimum(torch.minimum(k, length - k + 1), torch.as_tensor(max_spans))).clamp_min(1)
     s = torch.where(k > 0, s, 0)  # (B,)
     j = torch.arange(N)
     valid = (j >= 1) & (j < k[:, None])  # (B, N) length cuts: 1..k-1
@@ -775,11 +789,11 @@ def span_corrupt_batch(seq, mask, length, first_sentinel, eos):
     real = torch.arange(N) < length[:, None]
     emit = real & (~mask | start)  # the input keeps unmasked tokens, and one sentinel per span
     dest = torch.where(emit, emit.long().cumsum(1) - 1, N + 1)
-    inp = torch.full((B, N + 2), eos, dtype=seq.dtype).scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
+    inp = (torch.zeros((B, N + 2), dtype=seq.dtype) + eos).scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
     in_len = emit.sum(1) + 1  # with <eos>
     n_out = mask.long() + start.long()  # the target holds a span's sentinel, then its tokens
     at = n_out.cumsum(1) - n_out
-    tgt = torch.full((B, 2 * N + 2), eos, dtype=seq.dtype)
+    tgt = torch.zeros((B, 2 * N + 2), dtype=seq.dtype) + eos
     tgt.scatter_(1, torch.where(start, at, 2 * N + 1), sentinel)
     tgt.scatter_(1, torch.where(mask, at + start.long(), 2 * N + 1), seq)
     return inp, in_len, tgt[:, :2 * N + 1], n_out.sum(1) + 1

@@ -291,9 +291,10 @@ def test_span_batches_teacher_forcing_and_ranks(synth):
     from data import sample_seeds, span_reconstruct
     row = torch.tensor([[0] * 32 + [2, 3, 4, 5, 6, 1]] * 5)  # rgb, depth, then the caption; 5 samples
     six = torch.full((5,), 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
-    inp, in_len, tgt, tgt_len = data.span_pieces(sample_seeds(0, torch.arange(5)), row, cap, six, six)
+    assert data.span_ids == [cap]
+    inp, in_len, tgt, tgt_len = data.span_pieces(sample_seeds(0, torch.arange(5)), row, six[:, None], six[:, None])
     for i in range(5):
-        inp_i, tgt_i = inp[i, :in_len[i]].tolist(), tgt[i, :tgt_len[i]].tolist()
+        inp_i, tgt_i = inp[i, 0, :in_len[i, 0]].tolist(), tgt[i, 0, :tgt_len[i, 0]].tolist()
         assert inp_i[-1] == 1 and tgt_i[-1] == 1 and len(tgt_i) - 1 - sum(t >= first_sentinel for t in tgt_i) == 2
         assert span_reconstruct(inp_i, tgt_i, first_sentinel, 1) == [2, 3, 4, 5, 6]
     # the global batch is split across ranks exactly as in random mode
