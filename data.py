@@ -240,8 +240,7 @@ def split_budget(budget, weights, available, jitter):
     spill = budget - x.sum(1)  # > 0 only when every weighted modality is full: spread evenly over the others
     if bool((spill > 1e-9).any()):  # (rare: a Dirichlet weight underflows to 0 only for alphas far below 0.1)
         x = x + waterfill(spill.clamp_min(0), ((weights <= 0) & (available > 0)).double(), available - weighted)
-    x = torch.where((x - x.round()).abs() < 1e-6, x.round(), x)  # whole shares stay whole despite float error
-    counts = torch.minimum(x.floor(), available)
+    counts = torch.minimum(x.floor(), available)  # (a share a hair under a whole number gets it back below)
     left = (budget - counts.sum(1)).round().long()  # < M tokens
     frac = torch.where(counts < available, x - counts + 1e-7 * jitter, -1.0)
     rank = (frac[:, None, :] > frac[:, :, None]).sum(2)  # (B, M) how many modalities have a larger remainder
@@ -531,6 +530,7 @@ class FourMData:
         self.shuffle_groups = [([m for m in shuffled if self.num_tokens[m] == n], n) for n in sizes]
         slot_mod = torch.cat([torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
         self.shuffle_slots = torch.sort(slot_mod, stable=True).indices
+        self.shuffle_in_order = bool((self.shuffle_slots == torch.arange(len(slot_mod))).all())
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
         # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
         self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets,
@@ -594,12 +594,16 @@ class FourMData:
             c_in, c_tgt, c_ex = img_in[:, g, None], img_tgt[:, g, None], extra_in[:, g, None]  # (B, g, 1)
             is_in.append((r < c_in) | ((r >= c_in + c_tgt) & (r < c_in + c_tgt + c_ex)))
             is_tgt.append((r >= c_in) & (r < c_in + c_tgt))
-        cols, is_in, is_tgt = (torch.cat([x.flatten(1) for x in xs], 1)[:, self.shuffle_slots] for xs in (cols, is_in, is_tgt))
-        enc_cols, dec_cols = compact(cols, is_in, self.n_inputs), compact(cols, is_tgt, self.n_targets)
+        if len(cols) == 1 and self.shuffle_in_order:  # e.g. four 8x8 grids, side by side
+            cols, is_in, is_tgt = cols[0].flatten(1), is_in[0].flatten(1), is_tgt[0].flatten(1)
+        else:
+            cols, is_in, is_tgt = (torch.cat([x.flatten(1) for x in xs], 1)[:, self.shuffle_slots]
+                                   for xs in (cols, is_in, is_tgt))
+        enc_cols, dec_cols = compact(cols, is_in, self.n_inputs), compact(cols, is_tgt, self.n_targets)  # (B, n + 1)
         batch = {**self.columns_to_batch(scene, enc_cols, 'enc'), **self.columns_to_batch(scene, dec_cols, 'dec', True)}
         if spans is not None:
-            batch = self.add_spans(batch, spans, is_in.sum(1), is_tgt.sum(1))
-        return batch
+            self.add_spans(batch, spans, is_in.sum(1), is_tgt.sum(1))
+        return {k: v[:, :-1] for k, v in batch.items()}  # without the dummy column
 
     def span_pieces(self, seeds, scene, c_in, c_tgt):
         """Span-mask every span-masked modality of the batch at once, as (B, S, N) rows padded to the longest
@@ -637,11 +641,11 @@ class FourMData:
 
     def add_spans(self, batch, spans, n_in, n_tgt):
         """Write each sample's span-masked sequences after its image tokens (n_in (B,) inputs and n_tgt targets
-        so far), one modality after another, and add dec_tokens: each target's previous token in its sequence
+        so far), one modality after another, in place, and add dec_tokens: each target's previous token in its sequence
         (teacher forcing), -1 for none (image targets, the first token of a sequence)."""
         inp, in_len, tgt, tgt_len = spans  # (B, S, L) and (B, S)
         batch['dec_tokens'] = torch.full_like(batch['dec_pos'], -1)
-        wide = {k: torch.cat([v, v[:, :1]], dim=1) for k, v in batch.items()}  # a last, dummy column
+        wide = batch  # (B, n + 1): the last column is a dummy that takes the writes past each length
         mods = torch.tensor(self.span_ids)[:, None]  # (S, 1)
         prev = torch.cat([torch.full_like(tgt[:, :, :1], -1), tgt[:, :, :-1]], dim=2)
         for p, start, length, pieces in (('enc', n_in, in_len, {'enc_tokens': inp}),
@@ -654,10 +658,9 @@ class FourMData:
             wide[f'{p}_pos'].scatter_(1, dest, j.repeat(len(mods)).expand_as(dest))
             wide[f'{p}_mod'].scatter_(1, dest, mods.expand(-1, len(j)).flatten().expand_as(dest))
             wide[f'{p}_pad'].scatter_(1, dest, False)
-        return {k: v[:, :-1].contiguous() for k, v in wide.items()}
 
     def columns_to_batch(self, scene, cols, prefix, targets=False):
-        """Scene rows (B, T) and column indices (B, n) with -1 as padding -> the model's tensors."""
+        """Scene rows (B, T) and column indices (B, n) with -1 as padding -> the model's tensors (B, n)."""
         pad = cols < 0
         cols = cols.clamp_min(0)
         mod = self.col_mod[cols]
@@ -671,10 +674,13 @@ class FourMData:
 
 
 def compact(values, keep, n):
-    """values (B, T), keep (B, T) bool with at most n True per row -> (B, n): the kept values in order, then -1."""
+    """values (B, T), keep (B, T) bool with at most n True per row -> (B, n + 1): the kept values in order, then
+    -1; the last column is a dummy that takes the writes of the dropped values (callers slice it off)."""
     dest = torch.where(keep, keep.cumsum(1) - 1, n)
     out = torch.full((len(values), n + 1), -1, dtype=values.dtype)
-    return out.scatter_(1, dest, values)[:, :n]
+    out.scatter_(1, dest, values)
+    out[:, n] = -1
+    return out
 
 
 def budget_range(value, total, name):
