@@ -3,12 +3,16 @@ Prepared data -> batches, and tokens -> text. Everything under data/<name>/ is w
 described by its meta.json; this file is the one place that reads it, for train.py, sample.py and eval.py.
 """
 import functools
+import itertools
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -671,6 +675,79 @@ class FourMData:
         else:
             batch[f'{prefix}_tokens'] = torch.where(pad, 0, tok)
         return batch
+
+
+class BatchPrefetcher:
+    """Builds batches on one background thread, a few ahead of the training step, so batch construction overlaps
+    the model's forward and backward (torch ops release the GIL). Batches depend only on their keys, so they are
+    exactly the ones data.get_batch(split, batch_size, key, rank, world_size) returns for the same keys.
+
+        keys = (make_key(seed, it, micro) for it in itertools.count(start_iter) for micro in range(grad_accum))
+        prefetcher = BatchPrefetcher(data, 'train', batch_size, keys, rank, world_size)
+        for ...:
+            batch = prefetcher.next()          # dict of CPU tensors (pinned when pin_memory and CUDA is there)
+            ... prefetcher.wait               # seconds next() has waited in all; wait / elapsed = the wait share
+        prefetcher.close()
+
+    `keys` is an iterable of batch keys (ints, see make_key) or a callable i -> key for i = 0, 1, 2, ...;
+    `ahead` bounds the queue (memory: ahead + 1 batches). An exception in the thread is raised by next()."""
+
+    def __init__(self, data, split, batch_size, keys, rank=0, world_size=1, ahead=3, pin_memory=False):
+        self.data, self.split, self.batch_size, self.rank, self.world_size = data, split, batch_size, rank, world_size
+        self.keys = map(keys, itertools.count()) if callable(keys) else iter(keys)
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.queue = queue.Queue(maxsize=ahead)
+        self.stop = threading.Event()
+        self.wait, self.last_wait, self.count = 0.0, 0.0, 0
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self):
+        try:
+            for key in self.keys:
+                batch = self.data.get_batch(self.split, self.batch_size, key, self.rank, self.world_size)
+                if self.pin_memory:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                if not self._put(batch):
+                    return
+            self._put(StopIteration())
+        except BaseException as e:  # handed to the caller by next()
+            self._put(e)
+
+    def next(self):
+        """The next batch; the seconds spent waiting for it are added to self.wait (and kept in last_wait)."""
+        t0 = time.perf_counter()
+        item = self.queue.get()
+        self.last_wait = time.perf_counter() - t0
+        self.wait += self.last_wait
+        if isinstance(item, BaseException):
+            self.queue.put(item)  # later calls raise it too
+            raise item
+        self.count += 1
+        return item
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def close(self):
+        self.stop.set()
+        while True:  # unblock the thread if it waits on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(timeout=5)
 
 
 def compact(values, keep, n):
