@@ -3,12 +3,16 @@ Prepared data -> batches, and tokens -> text. Everything under data/<name>/ is w
 described by its meta.json; this file is the one place that reads it, for train.py, sample.py and eval.py.
 """
 import functools
+import itertools
 import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 
 import numpy as np
@@ -114,6 +118,139 @@ def text_tokenizer(meta):
     raise DataError(f"unknown text tokenizer {meta['tokenizer']!r} in meta.json")
 
 # -----------------------------------------------------------------------------
+# keyed randomness: every random number of a batch is a hash of (batch key, global sample index, stream, counter).
+# A rank then draws only its own slice of the global batch (sample i of the global batch gets the same numbers
+# whichever rank builds it, and however many there are), so 8 ranks x b see exactly what 1 rank x 8b sees without
+# any rank drawing the other ranks' samples; and the batch depends on nothing but its key, so a prefetching thread
+# and an exact resume need no generator state.
+
+MASK32 = 0xFFFFFFFF
+
+
+def hash32(x):
+    """A 32-bit integer mixing hash (a bijection with good avalanche: xor-shift, multiply, twice), on Python ints or
+    on int64 tensors holding values < 2^32. Its multiplier is < 2^27, so every product stays < 2^59: int64 never
+    overflows."""
+    x = ((x ^ (x >> 16)) * 0x45d9f3b) & MASK32
+    x = ((x ^ (x >> 16)) * 0x45d9f3b) & MASK32
+    return x ^ (x >> 16)
+
+
+def batch_key(generator_or_key):
+    """A batch's 62-bit key: a plain int is the key itself; a torch.Generator gives one draw (the same on every rank
+    that seeds it alike)."""
+    if isinstance(generator_or_key, torch.Generator):
+        return int(torch.randint(2 ** 62, (1,), generator=generator_or_key))
+    return int(generator_or_key) & (2 ** 62 - 1)
+
+
+def make_key(seed, *counters):
+    """A 62-bit batch key from small ints, e.g. make_key(seed, iteration, micro_step): no state to save."""
+    h = hash32(seed & MASK32) ^ hash32(seed >> 32)
+    for c in counters:
+        h = hash32(h ^ hash32(int(c) + 0x9e3779b9))
+    return (hash32(h ^ 0x85ebca6b) << 30 | hash32(h) >> 2) & (2 ** 62 - 1)
+
+
+def sample_seeds(key, index):
+    """(B,) global sample indices -> (B,) 32-bit per-sample seeds of the batch `key`."""
+    k = hash32(hash32(key & 0x7FFFFFFF) ^ (key >> 31))
+    return hash32(torch.as_tensor(index, dtype=torch.long) ^ k)
+
+
+@functools.lru_cache(maxsize=256)
+def _counters(stream, n):
+    return hash32(torch.arange(n, dtype=torch.long) ^ hash32(stream * 0x9e3779b9))
+
+
+def keyed_bits(seeds, stream, n):
+    """(B,) seeds -> (B, n) int64 random 32-bit values, one per (sample, stream, counter)."""
+    return hash32(seeds[:, None] ^ _counters(stream, n))
+
+
+def keyed_uniform(seeds, stream, n):
+    """(B,) seeds -> (B, n) float64 uniforms in [0, 1), one per (sample, stream, counter); 32 bits each."""
+    return keyed_bits(seeds, stream, n).double() * 2.0 ** -32
+
+
+def keyed_sort_keys(seeds, stream, n):
+    """(B, n) int32 random sort keys: 31 of the 32 bits (sorting int32 rows is several times faster than float64)."""
+    return (keyed_bits(seeds, stream, n) >> 1).int()
+
+
+def box_muller(u1, u2):
+    """Two equal-shape uniforms in [0, 1) -> twice as many standard normals, concatenated on dim 1."""
+    r = torch.sqrt(-2.0 * torch.log1p(-u1))
+    return torch.cat([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], dim=1)
+
+
+GAMMA_CANDIDATES = 6  # Marsaglia-Tsang proposals per draw
+
+
+def log_gamma(alpha, u):
+    """log of Gamma(alpha) draws, alpha (B, M) > 0, from u (B, 2 * GAMMA_CANDIDATES + 1, M) uniforms. As
+    Gamma(alpha + 1) * U^(1/alpha) in log space, so a tiny alpha gives a hugely negative log (one modality then
+    takes nearly everything, as it should) where a plain gamma draw underflows to 0. Gamma(alpha + 1), shape >= 1,
+    by Marsaglia-Tsang with a fixed number of proposals: the first accepted one is used; each is rejected with
+    probability < 5%, so all 6 are with probability < 2e-8, and such a draw falls back to d = the mode."""
+    K = GAMMA_CANDIDATES
+    d = alpha + (1.0 - 1.0 / 3.0)  # (B, M) for shape alpha + 1
+    c = 1.0 / torch.sqrt(9.0 * d)
+    z = box_muller(u[:, :K // 2], u[:, K // 2:K])  # (B, K, M) proposals
+    v = (1.0 + c[:, None] * z) ** 3
+    log_v = torch.log(v.clamp_min(1e-300))
+    accept = (v > 0) & (torch.log1p(-u[:, K:2 * K]) < 0.5 * z * z + d[:, None] * (1.0 - v + log_v))
+    first = accept.int().argmax(1, keepdim=True)  # (B, 1, M) the first accepted proposal (0 if none)
+    log_v = torch.where(accept.any(1), log_v.gather(1, first)[:, 0], 0.0)
+    return torch.log(d) + log_v + torch.log1p(-u[:, 2 * K]) / alpha
+
+
+def dirichlet_weights(alpha, u):
+    """(B, M) Dirichlet(alpha) draws (alpha 0: weight 0), from u as in log_gamma; rows with no alpha > 0 are 0."""
+    on = alpha > 0
+    log_g = torch.where(on, log_gamma(alpha.clamp_min(1e-30), u), -math.inf)
+    top = log_g.max(1, keepdim=True).values
+    w = torch.where(on, torch.exp(log_g - torch.where(torch.isinf(top), 0.0, top)), 0.0)
+    return w / w.sum(1, keepdim=True).clamp_min(1e-300)
+
+
+def waterfill(budget, weights, available):
+    """Real-valued proportional split: x = min(available, t * weights) with t chosen so that x sums to budget,
+    which must be <= the available total of the weighted modalities (those with weight 0 get 0). The modalities
+    that fill up are those with the smallest available / weight; the first j of them (in that order) are full
+    iff t_j, the t that places the rest in proportion, exceeds the j-th one's available / weight."""
+    ratio = torch.where(weights > 0, available / weights.clamp_min(1e-300), math.inf)  # (B, M) t at which each fills
+    ratio, order = ratio.sort(1)
+    a, w = available.gather(1, order), weights.gather(1, order)
+    full = a.cumsum(1) - a  # available of the ones before j
+    rest = w.flip(1).cumsum(1).flip(1)  # weight of j and after
+    t = (budget[:, None] - full) / rest.clamp_min(1e-300)  # (B, M)
+    j = (t > ratio).sum(1, keepdim=True).clamp_max(weights.size(1) - 1)
+    t = t.gather(1, j)
+    return torch.where(weights > 0, torch.minimum(available, t * weights), 0.0)
+
+
+def split_budget(budget, weights, available, jitter):
+    """Split budget (B,) tokens across modalities in proportion to weights (B, M), at most available (B, M)
+    each: what a full modality cannot take goes to the others, still in proportion to their weights; weight-0
+    modalities take tokens only when every weighted one is full (then evenly); a modality with nothing available
+    takes nothing. Exactly, in real numbers (waterfill), then rounded by largest remainder: the leftover tokens go
+    to the modalities with the largest fractional shares (ties broken by `jitter` (B, M) uniforms), which keeps
+    every count within one token of its exact share. -> (B, M) int64 counts summing to min(budget, available)."""
+    available = available.double()
+    budget = torch.minimum(budget.double(), available.sum(1))
+    weighted = torch.where(weights > 0, available, 0.0)
+    x = waterfill(torch.minimum(budget, weighted.sum(1)), weights, weighted)
+    spill = budget - x.sum(1)  # > 0 only when every weighted modality is full: spread evenly over the others
+    if bool((spill > 1e-9).any()):  # (rare: a Dirichlet weight underflows to 0 only for alphas far below 0.1)
+        x = x + waterfill(spill.clamp_min(0), ((weights <= 0) & (available > 0)).double(), available - weighted)
+    counts = torch.minimum(x.floor(), available)  # (a share a hair under a whole number gets it back below)
+    left = (budget - counts.sum(1)).round().long()  # < M tokens
+    frac = torch.where(counts < available, x - counts + 1e-7 * jitter, -1.0)
+    rank = (frac[:, None, :] > frac[:, :, None]).sum(2)  # (B, M) how many modalities have a larger remainder
+    return (counts + (rank < left[:, None])).long()
+
+# -----------------------------------------------------------------------------
 # batches
 
 class TextData:
@@ -136,19 +273,14 @@ class TextData:
                                 f"{n} tokens. Use --block_size={n // 2} or less.")
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
+        """This rank's slice of the global batch of `generator` (a torch.Generator or an int key, see batch_key):
+        window starts keyed by the global sample index, so a rank draws only its own."""
         data = np.memmap(os.path.join(self.dir, f'{split}.bin'), dtype=np.uint16, mode='r')
-        ix = global_draw(torch.randint, len(data) - self.block_size - 1, batch_size, generator, rank, world_size)
+        seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))
+        ix = (keyed_uniform(seeds, 0, 1)[:, 0] * (len(data) - self.block_size - 1)).long().tolist()
         x = torch.from_numpy(np.stack([data[i:i + self.block_size] for i in ix]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1:i + 1 + self.block_size] for i in ix]).astype(np.int64))
         return {'idx': x, 'targets': y}
-
-
-def global_draw(fn, high, batch_size, generator, rank, world_size):
-    """Draw for the whole global batch (batch_size x world_size) from a generator every rank seeds alike, and
-    keep this rank's slice: 2 ranks with batch b then see exactly what 1 rank with batch 2b sees, and the
-    sampler's state is the same on every rank (so a checkpoint can resume on any number of ranks)."""
-    draw = fn(high, (batch_size * world_size,), generator=generator)
-    return draw[rank * batch_size:(rank + 1) * batch_size].numpy()
 
 
 def masking_ratio(schedule, r):
@@ -208,8 +340,8 @@ class ImageTokenData:
     Per sample, the number of masked tokens comes from `mask_schedule` ('cosine', 'linear', or 'uniform' =
     uniform in [1, L] as in the course reference), at least one; the masked positions are a random subset.
     With probability `cond_drop` the whole condition becomes 'no condition' (id cond_vocab_size in every slot),
-    which is what classifier-free guidance needs an unconditional model for. All randomness is drawn for the
-    global batch (see global_draw), so 2 ranks x b see exactly what 1 rank x 2b sees."""
+    which is what classifier-free guidance needs an unconditional model for. All randomness is keyed by the global
+    sample index (see keyed_uniform), so 2 ranks x b see exactly what 1 rank x 2b sees."""
 
     def __init__(self, dataset, model_type, mask_schedule='cosine', cond_drop=0.1, image_modality='rgb',
                  cond_modality='caption'):
@@ -240,27 +372,28 @@ class ImageTokenData:
                                'block_size': self.num_tokens + P}
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
-        L, n = self.num_tokens, batch_size * world_size
-        ix = torch.randint(len(self.tokens[split]), (n,), generator=generator)
-        drop = torch.rand(n, generator=generator) < self.cond_drop
+        """This rank's slice of the global batch of `generator` (a torch.Generator or an int key, see batch_key)."""
+        L = self.num_tokens
+        seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
+        u = keyed_uniform(seeds, 0, 3)  # (B, 3): the sample, the condition drop, the number masked
+        ix = (u[:, 0] * len(self.tokens[split])).long()
+        tokens, cond = self.tokens[split][ix], self.cond[split][ix]
+        cond = torch.where(u[:, 1:2] < self.cond_drop, self.cond_vocab_size, cond)  # cond_vocab_size = 'no condition'
         if self.model_type == 'maskgit':
             if self.mask_schedule == 'uniform':
-                num_masked = torch.randint(1, L + 1, (n,), generator=generator)
+                num_masked = 1 + (u[:, 2] * L).long()
             else:
-                ratio = masking_ratio(self.mask_schedule, torch.rand(n, generator=generator))
+                ratio = masking_ratio(self.mask_schedule, u[:, 2].float())
                 num_masked = torch.ceil(ratio * L).long().clamp(1, L)
             # a random subset of exactly num_masked positions: rank positions by a random key
-            order = torch.rand(n, L, generator=generator).argsort(dim=1).argsort(dim=1)  # (n, L) random ranks
+            order = ranks(keyed_sort_keys(seeds, 1, L))  # (B, L) random ranks
             mask = order < num_masked[:, None]
-        mine = slice(rank * batch_size, (rank + 1) * batch_size)  # this rank's share of the global batch
-        tokens, cond = self.tokens[split][ix[mine]], self.cond[split][ix[mine]]
-        cond = torch.where(drop[mine, None], self.cond_vocab_size, cond)  # cond_vocab_size = 'no condition'
         if self.model_type == 'gpt':
             P = cond.size(1)
             ignore = torch.full((len(cond), P - 1), -1, dtype=torch.long)  # no loss on the condition tokens
             return {'idx': torch.cat([self.codebook_size + cond, tokens[:, :-1]], dim=1),
                     'targets': torch.cat([ignore, tokens], dim=1)}
-        return {'tokens': tokens, 'mask': mask[mine], 'cond': cond}
+        return {'tokens': tokens, 'mask': mask, 'cond': cond}
 
 
 @functools.lru_cache(maxsize=8)
@@ -375,110 +508,256 @@ class FourMData:
                 raise DataError(f"dirichlet_alphas: each entry is one alpha >= 0 or one per modality {names}, not {a}")
             self.alphas.append(a)
         self.dir = dataset_dir(dataset)
-        self._tokens = {}
+        self._scenes = {}
+        # the same, as tensors for the batched masking
+        self.alpha_table = torch.from_numpy(np.stack(self.alphas))  # (C, M)
+        self.span_ids = [int(m) for m in np.flatnonzero(self.span)]
+        self.span = torch.from_numpy(self.span)
+        self.is_input, self.is_target = torch.from_numpy(self.is_input), torch.from_numpy(self.is_target)
+        self.num_tokens = torch.from_numpy(self.num_tokens).long()
+        self.first_t = torch.from_numpy(self.first).long()
+        self.col_mod = torch.repeat_interleave(torch.arange(len(names)), self.num_tokens)  # (T,) modality of each column
+        # the span-masked modalities' columns as (S, N) rows padded to the longest, and their ids
+        if self.span_ids:
+            N = max(int(self.num_tokens[m]) for m in self.span_ids)
+            j = torch.arange(N)
+            self.span_real = torch.stack([j < self.num_tokens[m] for m in self.span_ids])  # (S, N)
+            self.span_cols = torch.stack([self.first_t[m] + j.clamp_max(self.num_tokens[m] - 1) for m in self.span_ids])
+            self.span_eos = torch.tensor([self.specs[m]['eos'] for m in self.span_ids])
+            self.span_sentinels = torch.tensor([self.specs[m]['num_sentinels'] for m in self.span_ids])
+            self.span_first_sentinel = torch.tensor([self.specs[m]['vocab_size'] - self.specs[m]['num_sentinels']
+                                                     for m in self.span_ids])
+        # the modalities whose positions get shuffled (not the span-masked ones), grouped by size, and where each
+        # group's slots go so the concatenated groups are in modality order
+        shuffled = [m for m in range(len(names)) if not self.span[m]]
+        sizes = sorted({int(self.num_tokens[m]) for m in shuffled})
+        self.shuffle_groups = [([m for m in shuffled if self.num_tokens[m] == n], n) for n in sizes]
+        slot_mod = torch.cat([torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
+        self.shuffle_slots = torch.sort(slot_mod, stable=True).indices
+        self.shuffle_in_order = bool((self.shuffle_slots == torch.arange(len(slot_mod))).all())
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
         # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
         self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets,
                            'vocab_size': sum(s['vocab_size'] for s in self.specs)}  # the shared id space
 
-    def tokens(self, split):
-        """{modality: (num_scenes, num_tokens) int array}, memory-mapped (opened once per split)."""
-        if split not in self._tokens:
-            self._tokens[split] = {n: np.load(os.path.join(self.dir, split, f'{n}.npy'), mmap_mode='r') for n in self.names}
-        return self._tokens[split]
+    def scenes(self, split):
+        """(num_scenes, total) int64: every modality's tokens side by side, one row per scene; read once per split
+        (a few MB for the CLEVR sets) so a batch is one gather."""
+        if split not in self._scenes:
+            self._scenes[split] = torch.from_numpy(np.concatenate(
+                [np.load(os.path.join(self.dir, split, f'{n}.npy')).astype(np.int64) for n in self.names], axis=1))
+        return self._scenes[split]
 
-    def draw_masks(self, batch_size, rng):
-        """Per sample, which positions are inputs and which targets: two (batch_size, n) arrays of column
-        indices into a scene row (all modalities side by side), -1 on padding, and their modality ids; and
-        (batch_size, M, 2) the input and target budgets of each modality (span-masked ones get no columns)."""
-        inputs = np.full((batch_size, self.n_inputs), -1)
-        targets = np.full((batch_size, self.n_targets), -1)
-        counts = np.zeros((batch_size, len(self.names), 2), dtype=np.int64)
-        for b in range(batch_size):
-            n_in = rng.integers(self.input_budget[0], self.input_budget[1] + 1)
-            n_tgt = rng.integers(self.target_budget[0], self.target_budget[1] + 1)
-            alpha = self.alphas[rng.integers(len(self.alphas))]
-            in_counts = split_budget(n_in, dirichlet(alpha, rng), self.num_tokens * (alpha > 0) * self.is_input, rng)
-            if self.input_drop > 0:  # classifier-free guidance: the model also learns without a modality's inputs
-                in_counts = in_counts * (rng.random(len(in_counts)) >= self.input_drop)
-            tgt_counts = split_budget(n_tgt, dirichlet(alpha, rng),
-                                      (self.num_tokens - in_counts) * (alpha > 0) * self.is_target, rng)
-            counts[b, :, 0], counts[b, :, 1] = in_counts, tgt_counts
-            in_counts, tgt_counts = in_counts * ~self.span, tgt_counts * ~self.span  # spans are cut in add_spans
-            cols_in, cols_tgt = [], []
-            for m in range(len(self.names)):
-                order = self.first[m] + rng.permutation(self.num_tokens[m])
-                cols_in.append(order[:in_counts[m]])
-                cols_tgt.append(order[in_counts[m]:in_counts[m] + tgt_counts[m]])
-            cols_in, cols_tgt = np.concatenate(cols_in), np.concatenate(cols_tgt)
-            inputs[b, :len(cols_in)] = cols_in
-            targets[b, :len(cols_tgt)] = cols_tgt
-        return inputs, targets, counts
+    def draw_counts(self, seeds):
+        """(B,) sample seeds -> (B, M) input and target counts per modality, and the per-sample state the span
+        and hand-over steps need. Per sample: the budgets, a mixture component, the input drops, then one
+        Dirichlet draw for the input split and another for the target split (targets from what inputs left)."""
+        B, M, K = len(seeds), len(self.names), 2 * GAMMA_CANDIDATES + 1
+        u = keyed_uniform(seeds, 0, 4 + 3 * M + 2 * K * M)  # (B, ...) every per-sample draw of this step
+        (lo_in, hi_in), (lo_tgt, hi_tgt) = self.input_budget, self.target_budget
+        n_in = lo_in + (u[:, 0] * (hi_in - lo_in + 1)).long()  # (B,)
+        n_tgt = lo_tgt + (u[:, 1] * (hi_tgt - lo_tgt + 1)).long()
+        alpha = self.alpha_table[(u[:, 2] * len(self.alpha_table)).long()]  # (B, M) a mixture component each
+        on = alpha > 0
+        # input_drop is decided before the split, so the dropped modalities' share goes to the others (if every
+        # input-able modality is dropped the sample has no inputs: the unconditional case guidance needs)
+        keep = u[:, 4:4 + M] >= self.input_drop  # (B, M)
+        gamma_u = u[:, 4 + 3 * M:].view(B, 2, K, M)
+        w_in, w_tgt = dirichlet_weights(alpha.repeat_interleave(2, 0), gamma_u.flatten(0, 1)).view(B, 2, M).unbind(1)
+        avail_in = torch.where(on & self.is_input & keep, self.num_tokens, 0)
+        in_counts = split_budget(n_in, w_in, avail_in, u[:, 4 + M:4 + 2 * M])
+        avail_tgt = torch.where(on & self.is_target, self.num_tokens - in_counts, 0)
+        tgt_counts = split_budget(n_tgt, w_tgt, avail_tgt, u[:, 4 + 2 * M:4 + 3 * M])
+        return in_counts, tgt_counts, (w_in, avail_in, w_tgt, avail_tgt)
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
-        tokens = self.tokens(split)
-        num_scenes = len(tokens[self.names[0]])
-        rows = global_draw(torch.randint, num_scenes, batch_size * world_size, generator, 0, 1)  # the global batch
-        # the masks are drawn for the global batch too (numpy, seeded from the shared generator), then sliced
-        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=generator)))
-        inputs, targets, counts = self.draw_masks(batch_size * world_size, rng)
-        scene = np.concatenate([np.asarray(tokens[n][rows]) for n in self.names], axis=1)  # (global b, all modalities)
-        spans = [self.span_tokens(row, c, rng) for row, c in zip(scene, counts)] if self.span.any() else None
-        mine = slice(rank * batch_size, (rank + 1) * batch_size)
-        batch = {**self.columns_to_batch(scene[mine], inputs[mine], 'enc'),
-                 **self.columns_to_batch(scene[mine], targets[mine], 'dec', targets=True)}
-        return self.add_spans(batch, spans[mine]) if spans is not None else batch
+        """This rank's slice (samples rank * batch_size ...) of the global batch of `generator`: a torch.Generator
+        (one key is drawn from it, alike on every rank) or an int batch key (see make_key)."""
+        scenes = self.scenes(split)
+        seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
+        B, T = batch_size, scenes.size(1)
+        rows = (keyed_uniform(seeds, 1, 1)[:, 0] * len(scenes)).long()
+        scene = scenes[rows]  # (B, T)
+        in_counts, tgt_counts, split_state = self.draw_counts(seeds)
+        spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
+            if self.span_ids else None
+        img_in, img_tgt = in_counts * ~self.span, tgt_counts * ~self.span  # (B, M) spans are cut below
+        extra_in = torch.zeros_like(img_in)
+        if spans is not None:  # a short sequence leaves part of its budget unused: hand it to the image modalities
+            extra_in, extra_tgt = self.hand_over(seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state)
+            img_tgt = img_tgt + extra_tgt
+        # every image modality's positions in a random order; the first img_in[m] are inputs, the next
+        # img_tgt[m] targets, the next extra_in[m] inputs again. Modalities of one size are shuffled together
+        # as (B, g, n) rows: short int32 rows sort fastest.
+        cols, is_in, is_tgt = [], [], []
+        for group, n in self.shuffle_groups:  # a handful of modality groups
+            g = torch.tensor(group)
+            order = keyed_sort_keys(seeds, 2 + 100 * g[0].item(), len(group) * n).view(B, len(group), n).argsort(2)
+            cols.append(self.first_t[g][:, None] + order)  # (B, g, n) columns, in a random order per modality
+            r = torch.arange(n)  # rank of each slot within its modality
+            c_in, c_tgt, c_ex = img_in[:, g, None], img_tgt[:, g, None], extra_in[:, g, None]  # (B, g, 1)
+            is_in.append((r < c_in) | ((r >= c_in + c_tgt) & (r < c_in + c_tgt + c_ex)))
+            is_tgt.append((r >= c_in) & (r < c_in + c_tgt))
+        if len(cols) == 1 and self.shuffle_in_order:  # e.g. four 8x8 grids, side by side
+            cols, is_in, is_tgt = cols[0].flatten(1), is_in[0].flatten(1), is_tgt[0].flatten(1)
+        else:
+            cols, is_in, is_tgt = (torch.cat([x.flatten(1) for x in xs], 1)[:, self.shuffle_slots]
+                                   for xs in (cols, is_in, is_tgt))
+        enc_cols, dec_cols = compact(cols, is_in, self.n_inputs), compact(cols, is_tgt, self.n_targets)  # (B, n + 1)
+        batch = {**self.columns_to_batch(scene, enc_cols, 'enc'), **self.columns_to_batch(scene, dec_cols, 'dec', True)}
+        if spans is not None:
+            self.add_spans(batch, spans, is_in.sum(1), is_tgt.sum(1))
+        return {k: v[:, :-1] for k, v in batch.items()}  # without the dummy column
 
-    def span_tokens(self, scene_row, counts, rng):
-        """One scene row and its (M, 2) budgets -> {span-masked modality m: (input ids, target ids)}, each cut to
-        its budget; ids are within the modality's vocabulary, the sentinels after its words."""
-        out = {}
-        for m in np.flatnonzero(self.span):
-            c_in, c_tgt = (int(c) for c in counts[m])
-            if c_in + c_tgt == 0:
-                continue
-            spec = self.specs[m]
-            seq = scene_row[self.first[m]:self.first[m] + self.num_tokens[m]].tolist()
-            seq = seq[:seq.index(spec['eos'])] if spec['eos'] in seq else seq
-            mask = span_mask(len(seq), round(c_tgt / (c_in + c_tgt) * len(seq)), rng, spec['num_sentinels'])
-            inp, tgt = span_corrupt(seq, mask, spec['vocab_size'] - spec['num_sentinels'], spec['eos'])
-            out[m] = (inp[:c_in], tgt[:c_tgt])
-        return out
+    def span_pieces(self, seeds, scene, c_in, c_tgt):
+        """Span-mask every span-masked modality of the batch at once, as (B, S, N) rows padded to the longest
+        (N): mask round(target share x real length) tokens in spans (span_mask_batch), corrupt
+        (span_corrupt_batch), cut input and target to their budgets c_in, c_tgt (B, S).
+        -> input ids (B, S, N + 1), their lengths (B, S), target ids (B, S, 2N + 1), their lengths (B, S)."""
+        B, (S, N) = len(seeds), self.span_cols.shape
+        eos, num_sentinels, first_sentinel = self.span_eos, self.span_sentinels, self.span_first_sentinel  # (S,)
+        seq = torch.where(self.span_real, scene[:, self.span_cols], eos[:, None])  # (B, S, N), <eos> past the end
+        is_eos = seq == eos[:, None]
+        length = torch.where(is_eos.any(2), is_eos.int().argmax(2), N)  # (B, S) real length, without <eos>
+        share = c_tgt.double() / (c_in + c_tgt).clamp_min(1).double()
+        num_masked = torch.round(share * length).long()
+        keys = keyed_sort_keys(seeds, 3, S * (2 * N + 2)).view(B * S, 2 * N + 2)
+        mask = span_mask_batch(length.flatten(), num_masked.flatten(), keys, num_sentinels.repeat(B))
+        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq.flatten(0, 1), mask, length.flatten(),
+                                                       first_sentinel.repeat(B)[:, None], eos.repeat(B)[:, None])
+        return (inp.view(B, S, -1), torch.minimum(in_len.view(B, S), c_in),
+                tgt.view(B, S, -1), torch.minimum(tgt_len.view(B, S), c_tgt))
 
-    def add_spans(self, batch, spans):
-        """Write each sample's span-masked sequences into the padding after its image tokens, and add dec_tokens:
-        each target's previous token in its sequence (teacher forcing), -1 for none (image targets, the first
-        token of a sequence)."""
-        dec_tokens = torch.full_like(batch['dec_pos'], -1)
-        for b, per_modality in enumerate(spans):
-            i, t = int((~batch['enc_pad'][b]).sum()), int((~batch['dec_pad'][b]).sum())
-            for m, (inp, tgt) in per_modality.items():
-                batch['enc_tokens'][b, i:i + len(inp)] = torch.tensor(inp, dtype=torch.long)
-                batch['enc_pos'][b, i:i + len(inp)] = torch.arange(len(inp))
-                batch['enc_mod'][b, i:i + len(inp)] = int(m)
-                batch['enc_pad'][b, i:i + len(inp)] = False
-                batch['targets'][b, t:t + len(tgt)] = torch.tensor(tgt, dtype=torch.long)
-                batch['dec_pos'][b, t:t + len(tgt)] = torch.arange(len(tgt))
-                batch['dec_mod'][b, t:t + len(tgt)] = int(m)
-                batch['dec_pad'][b, t:t + len(tgt)] = False
-                dec_tokens[b, t + 1:t + len(tgt)] = torch.tensor(tgt[:-1], dtype=torch.long)
-                i, t = i + len(inp), t + len(tgt)
-        batch['dec_tokens'] = dec_tokens
-        return batch
+    def hand_over(self, seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state):
+        """The input and target budget a short sequence leaves unused -> extra (B, M) input and target counts
+        for the image modalities, split by the sample's own Dirichlet weights among the modalities that may take
+        them (not dropped, alpha > 0), from positions no input or target holds yet."""
+        w_in, avail_in, w_tgt, avail_tgt = split_state
+        left_in = (in_counts * self.span).sum(1) - spans[1].sum(1)  # (B,)
+        left_tgt = (tgt_counts * self.span).sum(1) - spans[3].sum(1)
+        u = keyed_uniform(seeds, 9, 2 * len(self.names))
+        img = ~self.span
+        free = self.num_tokens - img_in - img_tgt
+        extra_in = split_budget(left_in, w_in, torch.where(img & (avail_in > 0), free, 0), u[:, :len(self.names)])
+        free = free - extra_in
+        extra_tgt = split_budget(left_tgt, w_tgt, torch.where(img & (avail_tgt > 0), free, 0), u[:, len(self.names):])
+        return extra_in, extra_tgt
+
+    def add_spans(self, batch, spans, n_in, n_tgt):
+        """Write each sample's span-masked sequences after its image tokens (n_in (B,) inputs and n_tgt targets
+        so far), one modality after another, in place, and add dec_tokens: each target's previous token in its sequence
+        (teacher forcing), -1 for none (image targets, the first token of a sequence)."""
+        inp, in_len, tgt, tgt_len = spans  # (B, S, L) and (B, S)
+        batch['dec_tokens'] = torch.full_like(batch['dec_pos'], -1)
+        wide = batch  # (B, n + 1): the last column is a dummy that takes the writes past each length
+        mods = torch.tensor(self.span_ids)[:, None]  # (S, 1)
+        prev = torch.cat([torch.full_like(tgt[:, :, :1], -1), tgt[:, :, :-1]], dim=2)
+        for p, start, length, pieces in (('enc', n_in, in_len, {'enc_tokens': inp}),
+                                         ('dec', n_tgt, tgt_len, {'targets': tgt, 'dec_tokens': prev})):
+            j = torch.arange(inp.size(2) if p == 'enc' else tgt.size(2))
+            start = start[:, None] + length.cumsum(1) - length  # (B, S) where each modality's piece starts
+            dest = torch.where(j < length[:, :, None], start[:, :, None] + j, wide[f'{p}_pos'].size(1) - 1).flatten(1)
+            for k, v in pieces.items():
+                wide[k].scatter_(1, dest, v.flatten(1))
+            wide[f'{p}_pos'].scatter_(1, dest, j.repeat(len(mods)).expand_as(dest))
+            wide[f'{p}_mod'].scatter_(1, dest, mods.expand(-1, len(j)).flatten().expand_as(dest))
+            wide[f'{p}_pad'].scatter_(1, dest, False)
 
     def columns_to_batch(self, scene, cols, prefix, targets=False):
-        """Scene rows (b, total) and column indices (b, n) with -1 as padding -> the model's tensors."""
+        """Scene rows (B, T) and column indices (B, n) with -1 as padding -> the model's tensors (B, n)."""
         pad = cols < 0
-        cols = np.where(pad, 0, cols)
-        mod = np.searchsorted(self.first, cols, side='right') - 1  # modality owning each column
-        batch = {f'{prefix}_pos': cols - self.first[mod], f'{prefix}_mod': mod, f'{prefix}_pad': pad}
-        tok = np.take_along_axis(scene, cols, axis=1).astype(np.int64)
+        cols = cols.clamp_min(0)
+        mod = self.col_mod[cols]
+        batch = {f'{prefix}_pos': torch.where(pad, 0, cols - self.first_t[mod]), f'{prefix}_mod': mod, f'{prefix}_pad': pad}
+        tok = scene.gather(1, cols)
         if targets:
-            batch['targets'] = np.where(pad, -1, tok)
+            batch['targets'] = torch.where(pad, -1, tok)
         else:
-            batch[f'{prefix}_tokens'] = np.where(pad, 0, tok)
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(torch.bool if k.endswith('_pad') else torch.long)
-                for k, v in batch.items()}
+            batch[f'{prefix}_tokens'] = torch.where(pad, 0, tok)
+        return batch
+
+
+class BatchPrefetcher:
+    """Builds batches on one background thread, a few ahead of the training step, so batch construction overlaps
+    the model's forward and backward (torch ops release the GIL). Batches depend only on their keys, so they are
+    exactly the ones data.get_batch(split, batch_size, key, rank, world_size) returns for the same keys.
+
+        keys = (make_key(seed, it, micro) for it in itertools.count(start_iter) for micro in range(grad_accum))
+        prefetcher = BatchPrefetcher(data, 'train', batch_size, keys, rank, world_size)
+        for ...:
+            batch = prefetcher.next()          # dict of CPU tensors (pinned when pin_memory and CUDA is there)
+            ... prefetcher.wait               # seconds next() has waited in all; wait / elapsed = the wait share
+        prefetcher.close()
+
+    `keys` is an iterable of batch keys (ints, see make_key) or a callable i -> key for i = 0, 1, 2, ...;
+    `ahead` bounds the queue (memory: ahead + 1 batches). An exception in the thread is raised by next()."""
+
+    def __init__(self, data, split, batch_size, keys, rank=0, world_size=1, ahead=3, pin_memory=False):
+        self.data, self.split, self.batch_size, self.rank, self.world_size = data, split, batch_size, rank, world_size
+        self.keys = map(keys, itertools.count()) if callable(keys) else iter(keys)
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.queue = queue.Queue(maxsize=ahead)
+        self.stop = threading.Event()
+        self.wait, self.last_wait, self.count = 0.0, 0.0, 0
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _put(self, item):
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self):
+        try:
+            for key in self.keys:
+                batch = self.data.get_batch(self.split, self.batch_size, key, self.rank, self.world_size)
+                if self.pin_memory:
+                    batch = {k: v.pin_memory() for k, v in batch.items()}
+                if not self._put(batch):
+                    return
+            self._put(StopIteration())
+        except BaseException as e:  # handed to the caller by next()
+            self._put(e)
+
+    def next(self):
+        """The next batch; the seconds spent waiting for it are added to self.wait (and kept in last_wait)."""
+        t0 = time.perf_counter()
+        item = self.queue.get()
+        self.last_wait = time.perf_counter() - t0
+        self.wait += self.last_wait
+        if isinstance(item, BaseException):
+            self.queue.put(item)  # later calls raise it too
+            raise item
+        self.count += 1
+        return item
+
+    __next__ = next
+
+    def __iter__(self):
+        return self
+
+    def close(self):
+        self.stop.set()
+        while True:  # unblock the thread if it waits on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(timeout=5)
+
+
+def compact(values, keep, n):
+    """values (B, T), keep (B, T) bool with at most n True per row -> (B, n + 1): the kept values in order, then
+    -1; the last column is a dummy that takes the writes of the dropped values (callers slice it off)."""
+    dest = torch.where(keep, keep.cumsum(1) - 1, n)
+    out = torch.full((len(values), n + 1), -1, dtype=values.dtype)
+    out.scatter_(1, dest, values)
+    out[:, n] = -1
+    return out
 
 
 def budget_range(value, total, name):
@@ -486,44 +765,6 @@ def budget_range(value, total, name):
     if not 0 <= lo <= hi or hi < 1:
         raise DataError(f"{name} must be (min, max) with 0 <= min <= max and max >= 1, not {value!r}")
     return int(min(lo, total)), int(min(hi, total))
-
-
-def dirichlet(alpha, rng):
-    """A Dirichlet(alpha) draw, stable for tiny alphas: normalised Gamma(alpha) draws, computed in log space as
-    Gamma(alpha + 1) * U^(1/alpha) (a tiny alpha then gives one modality nearly everything, as it should, where
-    plain gamma draws underflow to 0). alpha 0: that modality gets weight 0."""
-    weights = np.zeros(len(alpha))
-    on = alpha > 0
-    if on.any():
-        a = alpha[on]
-        log_g = np.log(rng.gamma(a + 1.0)) + np.log(rng.random(len(a))) / a
-        weights[on] = np.exp(log_g - log_g.max())
-        weights /= weights.sum()
-    return weights
-
-
-def split_budget(budget, weights, available, rng):
-    """Split `budget` tokens across modalities in proportion to weights, at most available[m] each; what a full
-    modality cannot take goes to the others, still in proportion to their weights (a modality with no
-    available tokens takes nothing). Rounding leftovers go one at a time to a modality drawn by weight.
-    Plain Python lists: on 6 modalities, numpy's per-call overhead made this a third of the 4M batch time."""
-    available = [int(a) for a in available]
-    weights = [float(w) for w in weights]
-    counts = [0] * len(available)
-    budget = min(int(budget), sum(available))
-    while sum(counts) < budget:
-        room = [a - c for a, c in zip(available, counts)]
-        w = [wi if r > 0 else 0.0 for wi, r in zip(weights, room)]
-        if sum(w) <= 0:  # every weighted modality is full: spill evenly over the rest
-            w = [1.0 if r > 0 else 0.0 for r in room]
-        total = sum(w)
-        w = [wi / total for wi in w]
-        left = budget - sum(counts)
-        share = [min(math.floor(left * wi), r) for wi, r in zip(w, room)]
-        if sum(share) == 0:
-            share[rng.choice(len(w), p=w)] = 1
-        counts = [c + s for c, s in zip(counts, share)]
-    return np.array(counts, dtype=np.int64)
 
 
 # span masking of sequence modalities (T5, 4M): masked runs of tokens become one sentinel each in the input; the
@@ -587,6 +828,58 @@ def span_reconstruct(inp, tgt, first_sentinel, eos):
             break
         out += spans.get(tok, []) if tok >= first_sentinel else [tok]
     return out
+
+
+LAST = 2 ** 31 - 1  # sorts after every int32 key
+
+
+def ranks(keys):
+    """(B, n) keys -> (B, n) the rank of each key in its row (0 = smallest)."""
+    order = keys.argsort(1)
+    return torch.empty_like(order).scatter_(1, order, torch.arange(keys.size(1)).expand_as(order))
+
+
+def span_mask_batch(length, num_masked, keys, max_spans, mean_span=3):
+    """span_mask for a batch: real lengths (B,), num_masked (B,), keys (B, 2N + 2) random int32 -> (B, N) bool. The same
+    spans as span_mask: num_spans as there, the span lengths a uniform composition of num_masked (num_spans - 1
+    distinct cuts among 1..num_masked-1), the gaps one of length - num_masked + 2 into num_spans + 1 parts (cuts
+    c_1 < ... < c_s among 1..length-num_masked+1); the j-th masked token, in span t, then sits at j + c_(t+1) - 1.
+    A uniform random subset of size s is the s positions with the smallest random keys."""
+    B, N = keys.size(0), (keys.size(1) - 2) // 2
+    k = num_masked
+    s = torch.round(k.double() / mean_span).long().clamp_min(1)
+    s = torch.minimum(s, torch.minimum(torch.minimum(k, length - k + 1), torch.as_tensor(max_spans))).clamp_min(1)
+    s = torch.where(k > 0, s, 0)  # (B,)
+    j = torch.arange(N)
+    valid = (j >= 1) & (j < k[:, None])  # (B, N) length cuts: 1..k-1
+    cut_len = valid & (ranks(torch.where(valid, keys[:, :N], LAST)) < (s - 1)[:, None])
+    g = torch.arange(N + 2)
+    valid = (g >= 1) & (g <= (length - k + 1)[:, None])  # (B, N + 2) gap cuts: 1..length-k+1
+    cut_gap = valid & (ranks(torch.where(valid, keys[:, N:], LAST)) < s[:, None])
+    c = torch.where(cut_gap, g, N + 2).sort(1).values  # (B, N + 2) the gap cuts in order, first
+    span = cut_len.long().cumsum(1)  # (B, N) span of the j-th masked token
+    pos = j + c.gather(1, span.clamp_max(N + 1)) - 1
+    pos = torch.where(j < k[:, None], pos, N)  # N: a dummy column
+    return torch.zeros(B, N + 1, dtype=torch.bool).scatter_(1, pos, True)[:, :N]
+
+
+def span_corrupt_batch(seq, mask, length, first_sentinel, eos):
+    """span_corrupt for a batch: seq (B, N) ids, mask (B, N) (False past each real length (B,)) -> input ids
+    (B, N + 1), their lengths (B,), target ids (B, 2N + 1), their lengths (B,); past the lengths: eos."""
+    B, N = seq.shape
+    start = mask & ~torch.cat([torch.zeros(B, 1, dtype=torch.bool), mask[:, :-1]], dim=1)  # a span starts
+    sentinel = first_sentinel + start.long().cumsum(1) - 1
+    real = torch.arange(N) < length[:, None]
+    emit = real & (~mask | start)  # the input keeps unmasked tokens, and one sentinel per span
+    dest = torch.where(emit, emit.long().cumsum(1) - 1, N + 1)
+    inp = (torch.zeros((B, N + 2), dtype=seq.dtype) + eos).scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
+    in_len = emit.sum(1) + 1  # with <eos>
+    n_out = mask.long() + start.long()  # the target holds a span's sentinel, then its tokens
+    at = n_out.cumsum(1) - n_out
+    tgt = torch.zeros((B, 2 * N + 2), dtype=seq.dtype) + eos
+    tgt.scatter_(1, torch.where(start, at, 2 * N + 1), sentinel)
+    tgt.scatter_(1, torch.where(mask, at + start.long(), 2 * N + 1), seq)
+    return inp, in_len, tgt[:, :2 * N + 1], n_out.sum(1) + 1
 
 
 # -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The 4m family: multimodal masking invariants, padding safety, a tiny train -> chain run, deterministic chained
 generation, and a 2-process torchrun step. Runs on a small synthetic multimodal dataset (no rendering)."""
 import json
+import math
 import os
 import sys
 
@@ -59,21 +60,247 @@ def test_masking_budgets_disjoint_and_padding(synth):
             assert not ins & tgts  # inputs and targets disjoint
 
 
-def test_batch_holds_the_right_tokens(synth, data_root):
-    data = make_data(synth, input_budget=(16, 16), target_budget=(16, 16))
-    b = data.get_batch('val', 4, torch.Generator().manual_seed(1))
-    assert not b['enc_pad'].any() and not b['dec_pad'].any()  # fixed budgets: no padding at all
-    depth_id = data.names.index('depth')
-    rgb_id = data.names.index('rgb')
-    # depth = rgb + 1 mod 8 at the same position: check through the batch wherever both appear for one sample
-    val_rgb = np.load(os.path.join(data_root, synth, 'val', 'rgb.npy'))
-    for i in range(4):
-        for m, p, tok in zip(b['enc_mod'][i], b['enc_pos'][i], b['enc_tokens'][i]):
-            if int(m) == rgb_id:
-                assert int(tok) in val_rgb[:, int(p)]
-        for m, p, tok in zip(b['dec_mod'][i], b['dec_pos'][i], b['targets'][i]):
-            assert 0 <= int(tok) < data.specs[int(m)]['vocab_size']
-    assert depth_id != rgb_id
+def write_coded(root, name='coded4m', num_train=40):
+    """Tokens that say where they come from: image token = 64 * scene + 16 * modality + position (vocab 4096, so
+    each is unique), and a caption per scene of 1 + scene % 5 words (word ids from the scene and position), then
+    <eos> and <pad>. A batch token can then be checked against its (scene, modality, position)."""
+    d = os.path.join(root, name)
+    s = np.arange(num_train)[:, None]
+    p = np.arange(16)[None]
+    rgb, depth = 64 * s + p, 64 * s + 16 + p
+    caption = np.zeros((num_train, 6), dtype=np.int64)  # <pad>
+    for i in range(num_train):
+        n = 1 + i % 5
+        caption[i, :n] = [2 + (3 * i + j) % 8 for j in range(n)]
+        caption[i, n] = 1  # <eos>
+    for split in ('train', 'val'):
+        os.makedirs(os.path.join(d, split), exist_ok=True)
+        for mod, arr in (('rgb', rgb), ('depth', depth), ('caption', caption)):
+            np.save(os.path.join(d, split, f'{mod}.npy'), arr.astype(np.int16))
+    meta = {'kind': 'multimodal', 'train_scenes': num_train, 'val_scenes': num_train, 'modalities': {
+        'rgb': {'kind': 'image', 'num_tokens': 16, 'vocab_size': 4096, 'grid': [4, 4], 'tokenizer': None},
+        'depth': {'kind': 'image', 'num_tokens': 16, 'vocab_size': 4096, 'grid': [4, 4], 'tokenizer': None},
+        'caption': {'kind': 'sequence', 'num_tokens': 6, 'vocab_size': len(WORDS), 'grid': [1, 6], 'words': WORDS}}}
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump(meta, f)
+    return name, caption
+
+
+@pytest.fixture(scope='module')
+def coded(data_root):
+    return write_coded(data_root)
+
+
+@pytest.mark.parametrize('seq_masking', ['random', 'span'])
+def test_batch_holds_the_right_tokens(coded, seq_masking):
+    """Every input and target token is the scene row's token at its (modality, position); all tokens of a sample
+    come from one scene; span-masked captions reconstruct that scene's caption."""
+    from data import span_reconstruct
+    name, caption = coded
+    data = make_data(name, seq_masking=seq_masking, input_budget=(4, 12), target_budget=(4, 12), input_drop=0.2,
+                     dirichlet_alphas=(0.3, 1.0, (1.0, 1.0, 0.0)))
+    cap = data.names.index('caption')
+    b = data.get_batch('train', 64, 123)
+    scenes_seen, reconstructed = set(), 0
+    for i in range(64):
+        real_in, real_tgt = ~b['enc_pad'][i], ~b['dec_pad'][i]
+        mods = torch.cat([b['enc_mod'][i][real_in], b['dec_mod'][i][real_tgt]])
+        pos = torch.cat([b['enc_pos'][i][real_in], b['dec_pos'][i][real_tgt]])
+        tok = torch.cat([b['enc_tokens'][i][real_in], b['targets'][i][real_tgt]])
+        image = mods != cap
+        assert image.any()  # (the caption can hold at most 6 of the >= 4 + 4 tokens)
+        scene = int(tok[image][0]) // 64
+        scenes_seen.add(scene)
+        assert (tok[image] == 64 * scene + 16 * mods[image] + pos[image]).all()  # right scene, modality, position
+        if seq_masking == 'random':
+            assert (tok[~image] == torch.from_numpy(caption[scene])[pos[~image]]).all()
+        else:
+            inp = b['enc_tokens'][i][real_in & (b['enc_mod'][i] == cap)].tolist()
+            tgt = b['targets'][i][real_tgt & (b['dec_mod'][i] == cap)].tolist()
+            first_sentinel = data.specs[cap]['vocab_size'] - data.specs[cap]['num_sentinels']
+            if inp and tgt and inp[-1] == 1 and tgt[-1] == 1:  # neither cut by its budget
+                real = caption[scene][:list(caption[scene]).index(1)].tolist()
+                assert span_reconstruct(inp, tgt, first_sentinel, 1) == real
+                reconstructed += 1
+    assert len(scenes_seen) > 10  # scenes are drawn, not one scene for all
+    if seq_masking == 'span':
+        assert reconstructed > 0
+
+
+def text_dataset(root, name='tinytext', n=5000):
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    for split in ('train', 'val'):
+        (np.arange(n) % 65000).astype(np.uint16).tofile(os.path.join(d, f'{split}.bin'))
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump({'kind': 'text', 'tokenizer': 'char', 'chars': [], 'vocab_size': 65000, 'train_tokens': n,
+                   'val_tokens': n}, f)
+    return name
+
+
+def image_dataset(root, name='tinyimg', n=50):
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for split in ('train', 'val'):
+        np.save(os.path.join(d, f'{split}_tokens.npy'), rng.integers(0, 16, (n, 16)).astype(np.int16))
+        np.save(os.path.join(d, f'{split}_labels.npy'), rng.integers(0, 10, n))
+    with open(os.path.join(d, 'meta.json'), 'w') as f:
+        json.dump({'kind': 'image', 'grid': [4, 4], 'codebook_size': 16, 'num_classes': 10,
+                   'tokenizer': {'type': 'fsq', 'file': 'none.pt'}}, f)
+    return name
+
+
+@pytest.mark.parametrize('kind', ['4m', '4m_span', 'maskgit', 'gpt', 'text'])
+def test_ranks_see_slices_of_one_global_batch(synth, data_root, kind):
+    """world_size x b == 1 x (world_size b), for 2 and 8 ranks, with a generator or an int key; and each rank
+    builds its own slice only, so the ranks' batches differ."""
+    from data import ImageTokenData, TextData
+    if kind.startswith('4m'):
+        data = make_data(synth, input_budget=(1, 20), target_budget=(1, 20), input_drop=0.2,
+                         seq_masking='span' if kind == '4m_span' else 'random')
+    elif kind == 'text':
+        data = TextData(text_dataset(data_root), block_size=8)
+    else:
+        data = ImageTokenData(image_dataset(data_root), kind, 'cosine', cond_drop=0.3)
+    for world_size in (2, 8):
+        for key in (lambda: torch.Generator().manual_seed(4), lambda: 12345):
+            whole = data.get_batch('train', 3 * world_size, key())
+            parts = [data.get_batch('train', 3, key(), rank=r, world_size=world_size) for r in range(world_size)]
+            for k in whole:
+                assert torch.equal(whole[k], torch.cat([p[k] for p in parts])), k
+            first = next(iter(whole))
+            assert not torch.equal(parts[0][first], parts[1][first])
+    other = data.get_batch('train', 6, 12346)
+    assert any(not torch.equal(other[k], whole[k][:6]) for k in other)  # another key, another batch
+
+
+def test_input_drop_hands_the_budget_to_the_other_modalities(synth):
+    """Fixed budgets: with input_drop, a sample's input budget goes to the modalities not dropped, so there is no
+    input padding unless every modality is dropped (the unconditional case, about p^3 of the samples)."""
+    data = make_data(synth, input_budget=(6, 6), target_budget=(6, 6), input_drop=0.5)  # 6: any modality holds it
+    b = data.get_batch('train', 512, 7)
+    n_in = (~b['enc_pad']).sum(1)
+    assert set(n_in.tolist()) <= {0, 6}
+    share = (n_in == 0).float().mean().item()
+    assert 0.05 < share < 0.22  # 1/8 of the samples; dropping after the split would pad far more of them
+    assert ((~b['dec_pad']).sum(1) == 6).all()  # targets are never dropped
+
+
+def test_masking_distribution(synth):
+    """Over many samples: a symmetric alpha gives equal mean input counts; a tiny alpha puts a sample's inputs in
+    one modality; alpha 0 never gets tokens; Gamma and Dirichlet draws have the right means."""
+    from data import dirichlet_weights, keyed_uniform, log_gamma, sample_seeds, GAMMA_CANDIDATES
+    K = 2 * GAMMA_CANDIDATES + 1
+    data = make_data(synth, input_budget=(8, 8), target_budget=(4, 4), dirichlet_alphas=((1.0, 1.0, 0.0),))
+    b = data.get_batch('train', 3000, 1)
+    cap = data.names.index('caption')
+    real = ~b['enc_pad']
+    per_mod = torch.stack([((b['enc_mod'] == m) & real).sum(1).float() for m in range(3)], 1)
+    assert abs(per_mod[:, 0].mean() - per_mod[:, 1].mean()) < 0.3 and per_mod[:, cap].sum() == 0
+    assert per_mod[:, 0].std() > 1.5  # a Dirichlet split varies (an even split would give 4 and 4 every time)
+    tiny = make_data(synth, input_budget=(6, 6), target_budget=(4, 4), dirichlet_alphas=(0.001,))  # 6: any one holds it
+    b = tiny.get_batch('train', 1000, 2)
+    mods_per_sample = [len(set(b['enc_mod'][i][~b['enc_pad'][i]].tolist())) for i in range(1000)]
+    assert np.mean([n == 1 for n in mods_per_sample]) > 0.97
+    seeds = sample_seeds(3, torch.arange(20000))
+    for a in (0.05, 0.3, 1.0, 5.0):
+        alpha = torch.full((20000, 1), a, dtype=torch.float64)
+        g = log_gamma(alpha, keyed_uniform(seeds, int(a * 100), K).view(-1, K, 1)).exp()
+        assert abs(g.mean().item() - a) < 4 * math.sqrt(a / 20000) and abs(g.var().item() - a) < 0.15 * a
+    alpha = torch.tensor([[0.3, 1.0, 3.0]], dtype=torch.float64).expand(20000, 3)
+    w = dirichlet_weights(alpha, keyed_uniform(seeds, 7, 3 * K).view(-1, K, 3))
+    assert torch.allclose(w.sum(1), torch.ones(20000, dtype=torch.float64))
+    assert torch.allclose(w.mean(0), alpha[0] / alpha[0].sum(), atol=0.01)
+
+
+def test_split_budget():
+    from data import split_budget
+    def split(budget, weights, available):
+        n = len(budget)
+        return split_budget(torch.tensor(budget), torch.tensor(weights, dtype=torch.float64),
+                            torch.tensor(available), torch.rand(n, len(weights[0]))).tolist()
+    assert split([10], [[1.0, 1.0, 0.0]], [[3, 20, 20]]) == [[3, 7, 0]]  # a full modality's share goes to the others
+    assert split([30], [[1.0, 1.0, 0.0]], [[3, 20, 20]]) == [[3, 20, 7]]  # weight 0 takes only what no one else can
+    assert split([12], [[1.0, 2.0, 3.0]], [[9, 9, 0]]) == [[4, 8, 0]]  # nothing available: nothing taken
+    assert split([99], [[1.0, 1.0, 1.0]], [[2, 3, 4]]) == [[2, 3, 4]]  # more budget than tokens: all of them
+    assert split([1], [[1.0, 1.0, 1.0]], [[0, 0, 0]]) == [[0, 0, 0]]
+    torch.manual_seed(0)
+    n, M = 2000, 5
+    budget, avail = torch.randint(0, 40, (n,)), torch.randint(0, 12, (n, M))
+    weights = torch.rand(n, M, dtype=torch.float64) * (torch.rand(n, M) > 0.3)
+    counts = split_budget(budget, weights, avail, torch.rand(n, M))
+    assert (counts <= avail).all() and (counts >= 0).all()
+    assert torch.equal(counts.sum(1), torch.minimum(budget, avail.sum(1)))
+    # where nothing is capped, every count is within one token of its exact proportional share
+    free = (avail >= budget[:, None]).all(1) & (weights.sum(1) > 0)
+    exact = budget[:, None] * weights / weights.sum(1, keepdim=True)
+    assert ((counts - exact).abs()[free] < 1).all()
+
+
+def test_span_batch_matches_the_scalar_reference():
+    """span_mask_batch draws span masks as span_mask does (counts, number of spans, inside the real length), and
+    span_corrupt_batch gives span_corrupt's input and target ids for the same masks."""
+    from data import (keyed_sort_keys, sample_seeds, span_corrupt, span_corrupt_batch, span_mask, span_mask_batch,
+                      span_reconstruct)
+    B, N, first_sentinel, eos = 3000, 20, 100, 1
+    g = torch.Generator().manual_seed(0)
+    length = torch.randint(0, N + 1, (B,), generator=g)
+    k = (torch.rand(B, generator=g) * (length + 1)).long()
+    seq = torch.randint(2, 50, (B, N), generator=g)
+    mask = span_mask_batch(length, k, keyed_sort_keys(sample_seeds(5, torch.arange(B)), 0, 2 * N + 2), 4)
+    inp, in_len, tgt, tgt_len = span_corrupt_batch(seq, mask, length, first_sentinel, eos)
+    assert torch.equal(mask.sum(1), k) and not (mask & (torch.arange(N) >= length[:, None])).any()
+    starts = (mask & ~torch.cat([torch.zeros(B, 1, dtype=torch.bool), mask[:, :-1]], 1)).sum(1)
+    expected = torch.where(k > 0, torch.round(k / 3).clamp_min(1).long(), 0)
+    expected = torch.minimum(expected, torch.minimum(torch.minimum(k, length - k + 1), torch.tensor(4)))
+    assert torch.equal(starts, expected)  # as many spans as span_mask makes (spans never touch)
+    for i in range(B):
+        n = int(length[i])
+        ref_inp, ref_tgt = span_corrupt(seq[i, :n].tolist(), mask[i, :n].numpy(), first_sentinel, eos)
+        assert inp[i, :in_len[i]].tolist() == ref_inp and tgt[i, :tgt_len[i]].tolist() == ref_tgt
+        assert span_reconstruct(ref_inp, ref_tgt, first_sentinel, eos) == seq[i, :n].tolist()
+    # in distribution too: how often each position is masked, and how the spans are split, as in span_mask
+    keys = keyed_sort_keys(sample_seeds(6, torch.arange(B)), 0, 2 * N + 2)
+    batch = span_mask_batch(torch.full((B,), N), torch.full((B,), 7), keys, 4)
+    rng = np.random.default_rng(0)
+    ref = torch.from_numpy(np.stack([span_mask(N, 7, rng, 4) for _ in range(B)]))
+    assert ((batch.float().mean(0) - ref.float().mean(0)).abs() < 0.04).all()
+    last = lambda m: (m.long().cumsum(1) * m).argmax(1).float()  # the last masked position
+    assert abs(last(batch).mean() - last(ref).mean()) < 0.3 and abs(last(batch).std() - last(ref).std()) < 0.3
+
+
+def test_keyed_randomness():
+    from data import batch_key, hash32, keyed_uniform, make_key, sample_seeds
+    x = torch.arange(0, 2 ** 32, 2 ** 20 - 3)
+    h = hash32(x)
+    assert (h >= 0).all() and (h < 2 ** 32).all() and len(set(h.tolist())) == len(x)  # a bijection: no collisions
+    assert hash32(12345) == int(hash32(torch.tensor(12345)))  # Python ints and tensors agree
+    u = keyed_uniform(sample_seeds(make_key(1, 2, 3), torch.arange(4000)), 0, 5)
+    assert (u >= 0).all() and (u < 1).all() and abs(u.mean() - 0.5) < 0.01
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05 and abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 0.05
+    assert len({make_key(1, i, j) for i in range(50) for j in range(4)}) == 200
+    assert batch_key(torch.Generator().manual_seed(0)) == batch_key(torch.Generator().manual_seed(0)) < 2 ** 62
+
+
+def test_prefetcher_gives_the_batches_get_batch_gives(synth):
+    from data import BatchPrefetcher, make_key
+    data = make_data(synth, input_budget=(1, 20), target_budget=(1, 20), seq_masking='span')
+    keys = [make_key(0, i) for i in range(6)]
+    for source in (keys, lambda i: keys[i]):
+        pre = BatchPrefetcher(data, 'train', 4, source, rank=1, world_size=2, ahead=2)
+        for key in keys:
+            batch, direct = pre.next(), data.get_batch('train', 4, key, rank=1, world_size=2)
+            assert all(torch.equal(batch[k], direct[k]) for k in direct)
+        assert pre.wait >= 0 and pre.count == 6
+        if source is keys:
+            with pytest.raises(StopIteration):
+                pre.next()
+        pre.close()
+    broken = BatchPrefetcher(data, 'nosuchsplit', 4, keys)
+    with pytest.raises(FileNotFoundError):  # the thread's error reaches the caller
+        broken.next()
+    broken.close()
 
 
 def test_dirichlet_alpha_to_zero_gives_modalities_nothing(synth):
@@ -309,15 +536,16 @@ def test_span_batches_teacher_forcing_and_ranks(synth):
             assert b['dec_pos'][i, idx].tolist() == list(range(len(idx)))
             assert tgt[0] >= first_sentinel  # a target starts with a sentinel
             assert b['dec_tokens'][i, idx].tolist() == [-1] + tgt[:-1].tolist()  # shifted by one: teacher forcing
-    # a full caption round trip through span_tokens, with budgets large enough not to cut it
-    from data import span_reconstruct
-    row = np.concatenate([np.zeros(32, dtype=np.int64), [2, 3, 4, 5, 6, 1]])  # rgb, depth, then the caption
-    counts = np.zeros((3, 2), dtype=np.int64)
-    counts[cap] = (6, 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
-    for seed in range(5):
-        inp, tgt = data.span_tokens(row, counts, np.random.default_rng(seed))[cap]
-        assert inp[-1] == 1 and tgt[-1] == 1 and len(tgt) - 1 - sum(t >= first_sentinel for t in tgt) == 2
-        assert span_reconstruct(inp, tgt, first_sentinel, 1) == [2, 3, 4, 5, 6]
+    # a full caption round trip through span_pieces, with budgets large enough not to cut it
+    from data import sample_seeds, span_reconstruct
+    row = torch.tensor([[0] * 32 + [2, 3, 4, 5, 6, 1]] * 5)  # rgb, depth, then the caption; 5 samples
+    six = torch.full((5,), 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
+    assert data.span_ids == [cap]
+    inp, in_len, tgt, tgt_len = data.span_pieces(sample_seeds(0, torch.arange(5)), row, six[:, None], six[:, None])
+    for i in range(5):
+        inp_i, tgt_i = inp[i, 0, :in_len[i, 0]].tolist(), tgt[i, 0, :tgt_len[i, 0]].tolist()
+        assert inp_i[-1] == 1 and tgt_i[-1] == 1 and len(tgt_i) - 1 - sum(t >= first_sentinel for t in tgt_i) == 2
+        assert span_reconstruct(inp_i, tgt_i, first_sentinel, 1) == [2, 3, 4, 5, 6]
     # the global batch is split across ranks exactly as in random mode
     whole = data.get_batch('train', 8, torch.Generator().manual_seed(4))
     halves = [data.get_batch('train', 4, torch.Generator().manual_seed(4), rank=r, world_size=2) for r in (0, 1)]

@@ -221,11 +221,11 @@ def test_image_batches(tiny_images, family):
         assert (idx[:, 0] >= K).all() and torch.equal(idx[:, 1:], targets[:, :-1])  # class first, then raster
         assert data.model_args['vocab_size'] == K + 10 + 1
     else:
-        # exactly ceil(cos(pi/2 r) * L) masked per sample, with r drawn right after the index and drop draws
-        ref = torch.Generator().manual_seed(3)
-        torch.randint(500, (64,), generator=ref)
-        torch.rand(64, generator=ref)
-        r = torch.rand(64, generator=ref)
+        # exactly ceil(cos(pi/2 r) * L) masked per sample, r each sample's third keyed uniform (after the index and
+        # the drop draw), under the one key the batch takes from the generator
+        from data import batch_key, keyed_uniform, sample_seeds
+        key = batch_key(torch.Generator().manual_seed(3))
+        r = keyed_uniform(sample_seeds(key, torch.arange(64)), 0, 3)[:, 2].float()
         expected = torch.ceil(torch.cos(0.5 * math.pi * r) * 49).long().clamp(1, 49)
         assert torch.equal(batch['mask'].sum(1), expected)
         assert batch['cond'].shape == (64, 1) and (batch['cond'] <= 10).all()
