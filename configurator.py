@@ -4,9 +4,10 @@ Plain-Python configuration, nanoGPT style, with errors that say what to do.
     python train.py config/train_shakespeare_char_cpu.py --batch_size=32 --compile=False
 
 An argument without '=' is a Python file exec'd over the script's defaults; '--key=value' overrides one
-default. Values are parsed with ast.literal_eval and fall back to the raw string. Every key must already
-exist (a typo names the closest valid keys) and keep its default's type (an int is fine for a float;
-a default of None accepts anything).
+default. Values are parsed with ast.literal_eval and fall back to the raw string, except for keys whose default
+is a string: those keep the raw text, so --start=42 is the prompt "42" and --caption="'a'" keeps its quotes.
+Every key must already exist (a typo names the closest valid keys) and keep its default's type (an int is fine
+for a float; a default of None accepts anything; None is accepted only where the default is None).
 """
 import ast
 import difflib
@@ -23,8 +24,11 @@ def _closest(key, valid):
 
 
 def _check_type(key, value, default):
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:  # --batch_size=None would crash much later, far from the flag that caused it
+        raise ConfigError(f"--{key}: expected {type(default).__name__} (default {default!r}), got None; "
+                          f"None is only accepted where the default is None.")
     if isinstance(default, bool) or isinstance(value, bool):
         if type(value) is not type(default):
             raise ConfigError(f"--{key}: expected {type(default).__name__} (default {default!r}), "
@@ -82,5 +86,7 @@ def configure(namespace, argv=None, keys=None, allow_new=False):
             key, text = arg[2:].split('=', 1)  # split once: values may contain '='
             if key not in keys:
                 raise ConfigError(f"unknown config key {key!r}.{_closest(key, keys)}")
-            namespace[key] = _check_type(key, parse_value(text), namespace[key])
+            # a str default keeps the raw text: a prompt or caption that looks like a Python literal stays text
+            value = text if isinstance(namespace[key], str) else parse_value(text)
+            namespace[key] = _check_type(key, value, namespace[key])
     return {k: namespace[k] for k in keys}

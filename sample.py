@@ -64,7 +64,7 @@ seed = 1337
 device = ''                 # '' picks cuda, then mps, then cpu
 dtype = 'float32'           # decoding one token at a time is launch/memory bound: bf16 weights made it ~20x
                             # slower on an H100 (torch 2.11, batch 1: 53 vs 2.5 ms/token) and gain nothing here
-compile = False
+compile = False             # refused: torch.compile is for training (train.py --compile=True); see main()
 # images (both modes): num_samples per class, one row per class
 steps = 8                   # maskgit and chain (per-step default): decoding steps
 scheme = 'maskgit'          # maskgit and chain (per-step default): 'maskgit' (confidence) | 'roar' (random order);
@@ -157,6 +157,10 @@ def main():
         configure(globals(), keys=_config_keys)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if compile:  # generation runs a changing sequence length every step: compiling recompiles, and the
+        # compiled wrapper hides model.generate/config/modality_id; training is where compile pays off
+        sys.exit("sample.py: --compile=True is for training (train.py --compile=True); sampling runs uncompiled, "
+                 "drop --compile")
     device_name = pick_device(device)
     device_type = 'cuda' if device_name.startswith('cuda') else device_name
     torch.manual_seed(seed)
@@ -177,10 +181,8 @@ def main():
         sys.exit(f"sample.py: {e}")
     ptdtype = DTYPES[pick_dtype(dtype, device_type)]
     model.to(ptdtype) if ptdtype != torch.float32 else None
-    if compile:
-        model = torch.compile(model)
 
-    family = model.config.model_type if not compile else model._orig_mod.config.model_type
+    family = model.config.model_type
     modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',), 'chain': ('4m',)}
     if mode not in modes:
         sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp), maskgit (maskgit) or chain (4m)")
@@ -191,7 +193,7 @@ def main():
     if mode == 'chain':
         try:
             run_chain(model, dataset, meta, generator, device_name)
-        except ValueError as e:
+        except (ValueError, DataError) as e:  # DataError: the dataset (val scenes, tokenizers) is gone
             sys.exit(f"sample.py: {e}")
         return
     if meta.get('kind') == 'image':
@@ -210,6 +212,8 @@ def main():
             prompt = f.read()
     try:
         ids = tok.encode(prompt)
+        if not ids:  # --start= (empty): start from a newline, the usual document separator, else token 0
+            ids = tok.encode('\n') if '\n' in getattr(tok, 'stoi', {'\n': 0}) else [0]
         stop_ids = tok.encode(stop) if stop else []
     except ValueError as e:
         sys.exit(f"sample.py: {e}")
@@ -233,6 +237,25 @@ def main():
 STEP_KEYS = {'scheme': str, 'steps': int, 'temperature': float, 'top_k': int, 'top_p': float, 'cfg_scale': float}
 
 
+STEP_RANGES = {'scheme': "one of maskgit, roar, ar", 'steps': "an integer >= 1", 'temperature': "a number >= 0",
+               'top_k': "an integer >= 0 (0 disables)", 'top_p': "a number in (0, 1]", 'cfg_scale': "a number >= 0"}
+
+
+def step_value(key, text, part):
+    """One '@key=value' of a chain step, checked: steps=0 would decode nothing, a negative temperature inverts
+    the distribution, and int('x') would say nothing about which flag was wrong."""
+    ok = {'scheme': lambda v: v in ('maskgit', 'roar', 'ar'), 'steps': lambda v: v >= 1,
+          'temperature': lambda v: v >= 0, 'top_k': lambda v: v >= 0, 'top_p': lambda v: 0 < v <= 1,
+          'cfg_scale': lambda v: v >= 0}[key]
+    try:
+        value = STEP_KEYS[key](text)
+    except ValueError:
+        value = None
+    if value is None or value != value or not ok(value):  # value != value: nan
+        raise ValueError(f"--chain: {key}={text} in {part!r} is not valid; {key} must be {STEP_RANGES[key]}")
+    return value
+
+
 def parse_chain(text, defaults):
     """'caption->semseg@steps=4,temperature=0.5->rgb' -> (['caption'], [{'target': 'semseg', 'steps': 4, ...}, ...])."""
     parts = [p.strip() for p in text.split('->')]
@@ -247,7 +270,7 @@ def parse_chain(text, defaults):
             key, _, value = item.partition('=')
             if key not in STEP_KEYS:
                 raise ValueError(f"--chain: unknown step option {key!r} in {part!r}; use {', '.join(STEP_KEYS)}")
-            step[key] = STEP_KEYS[key](value)
+            step[key] = step_value(key, value, part)
         plan.append(step)
     return conditions, plan
 
@@ -284,6 +307,25 @@ def chain_figure(columns, scale=2):
     return canvas
 
 
+def prepare_command(dataset, meta):
+    """The prepare.py call that (re)builds `dataset`: multimodal sets come from `prepare.py clevr`."""
+    if meta.get('kind') == 'multimodal':
+        return 'python prepare.py clevr' + (f' --name={dataset}' if dataset != 'clevr' else '')
+    return f'python prepare.py {dataset}'
+
+
+def check_tokenizers(dataset, meta, names):
+    """Before any decoding: every fsq modality of the chain decodes with the dataset's tokenizer file, which the
+    checkpoint does not carry; a deleted data/<dataset>/ would otherwise surface as a traceback after generating."""
+    for name in names:
+        spec = meta['modalities'][name]
+        if spec.get('codec') == 'fsq' and spec.get('tokenizer'):
+            path = os.path.join(dataset_dir(dataset), spec['tokenizer'])
+            if not os.path.exists(path):
+                raise DataError(f"the {name} tokenizer {path} is missing (the chain decodes {name} with the dataset's "
+                                f"tokenizer): rebuild the dataset with `{prepare_command(dataset, meta)}`")
+
+
 def run_chain(model, dataset, meta, generator, device_name):
     specs = meta['modalities']
     defaults = {'scheme': None, 'steps': steps, 'temperature': temperature, 'top_k': top_k, 'top_p': top_p,
@@ -295,6 +337,7 @@ def run_chain(model, dataset, meta, generator, device_name):
         ar = bool(model.is_ar[model.modality_id(step['target'])])
         step['scheme'] = step['scheme'] or ('ar' if ar else scheme)
     decoder = TokenDecoder(dataset, meta)
+    check_tokenizers(dataset, meta, conditions + [s['target'] for s in plan])
     truth = None
     if caption:
         if len(conditions) != 1 or 'words' not in specs[conditions[0]]:
@@ -303,6 +346,9 @@ def run_chain(model, dataset, meta, generator, device_name):
         cap_name = conditions[0]
         inputs = {cap_name: torch.from_numpy(encode_words(specs[cap_name], caption))[None].expand(num_samples, -1)}
     else:
+        if not os.path.exists(os.path.join(dataset_dir(dataset), 'meta.json')):
+            raise DataError(f"dataset {dataset!r} is missing ({dataset_dir(dataset)}), and the chain conditions on its "
+                            f"val scenes: rebuild it with `{prepare_command(dataset, meta)}`, or give --caption=TEXT")
         val = load_tokens(dataset, 'val')
         n_val = len(next(iter(val.values())))
         if not 0 <= sample_idx <= n_val - num_samples:
