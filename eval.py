@@ -350,10 +350,14 @@ SCORECARD_DIRECTIONS = ('rgb->depth', 'rgb->normals', 'rgb->semseg', 'rgb->capti
 def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg_scales=(1.0, 3.0), steps=8,
               temperature=1.0, seed=1337, log=print):
     """Every direction of SCORECARD_DIRECTIONS the model knows, on the first num_scenes val scenes. Returns
-    (rows, notes): rows of (direction, metric, 4M, tokenizer bound, specialist or None)."""
+    (rows, notes): rows of (direction, metric, 4M, prior or chance, tokenizer bound, specialist or None).
+
+    The prior or chance column is what a model that ignores its input gets: for a dense target (depth, normals,
+    semseg) the per-position prior of the train split (the most common token of each cell; depth its median bin),
+    for caption, boxes and rgb the true tokens of another val scene (the next one)."""
     model, checkpoint = load_model(model_dir)
     dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
-    val = load_tokens(dataset, 'val')
+    val, train = load_tokens(dataset, 'val'), load_tokens(dataset, 'train')
     n = min(num_scenes, len(val['rgb']))
     truth = render_val_truth(dataset, n)
     decoder = TokenDecoder(dataset, meta)
@@ -366,7 +370,7 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
         raise DataError(f"--specialists: no scorecard row for {unused}; the rows are {', '.join(SCORECARD_DIRECTIONS)}")
     judge, notes = None, []
     if 'rgb' in model.names and 'caption' in model.names:
-        judge = load_object_judge(os.path.join(model_dir, 'object_judge.pt'), seed, log)
+        judge = load_object_judge(os.path.join(dataset_dir(dataset), 'object_judge.pt'), seed, log)  # once per dataset
         objects = judged_objects(truth['visible'])
         real = [objects_found(seen, o) for seen, o in zip(judge.judge(truth['rgb'], objects), objects)]
         other = [objects_found(seen, o) for seen, o in zip(judge.judge(np.roll(truth['rgb'], 1, 0), objects), objects)]
@@ -389,18 +393,23 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
             if spec['kind'] == 'sequence':
                 return sequence_tokens(m, inputs, target, seed, steps)
             return predict_from(m, inputs, target, ordered=target == 'depth')
+        if target in ('depth', 'normals', 'semseg'):
+            prior = np.tile(per_position_prior(train[target], spec['vocab_size'], median=target == 'depth'), (n, 1))
+        else:
+            prior = np.roll(val[target][:n], 1, axis=0)
         scored = {'4M': score_direction(direction, predict(model), truth, spec, decoder, judge, n),
+                  'prior': score_direction(direction, prior, truth, spec, decoder, judge, n),
                   'bound': score_direction(direction, val[target][:n], truth, spec, decoder, judge, n)}
         if direction in specialists:
             scored['specialist'] = score_direction(direction, predict(specialists[direction]), truth, spec, decoder, judge, n)
         for metric in scored['4M']:
-            rows.append((direction, metric, scored['4M'][metric], scored['bound'][metric],
+            rows.append((direction, metric, scored['4M'][metric], scored['prior'][metric], scored['bound'][metric],
                          scored['specialist'][metric] if 'specialist' in scored else None))
         if target == 'rgb':  # classifier-free guidance on caption -> rgb
             for cfg in cfg_scales:
                 if cfg != 1.0:
                     s = score_direction(direction, predict(model, cfg), truth, spec, decoder, judge, n)
-                    rows.append((f'{direction}, CFG scale {cfg:g}', metric, s[metric], None, None))
+                    rows.append((f'{direction}, CFG scale {cfg:g}', metric, s[metric], None, None, None))
         if target == 'caption' and random_dir:  # random-token vs span masking of the caption
             other, _ = load_model(random_dir)
             s = score_direction(direction, predict(other), truth, spec, decoder, judge, n)
@@ -408,7 +417,7 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
             other_kind = 'span' if other.is_ar[other.modality_id('caption')] else 'random-token'
             notes.append(f"rgb->caption: the 4M column is {which} masking; the {other_kind}-masking row is {random_dir}")
             for metric in s:
-                rows.append((f'{direction}, {other_kind} masking', metric, s[metric], None, None))
+                rows.append((f'{direction}, {other_kind} masking', metric, s[metric], None, None, None))
         log(f"  {direction}: {time.time() - t0:.1f}s")
     notes.append(f"{n} val scenes; 4M = {model_dir}; images one pass (depth: median bin), sequences greedy "
                  f"({'autoregressive' if model.is_ar.any() else f'MaskGIT {steps} steps'}), caption->rgb MaskGIT "
@@ -419,10 +428,13 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
 def scorecard_markdown(rows, notes):
     """The scorecard as a markdown table (plus notes), the way eval.py prints and writes it."""
     fmt = lambda v: '' if v is None else f'{v:.3f}'
-    lines = ['| direction | metric | 4M | tokenizer bound | specialist | specialist - 4M |', '|---|---|---|---|---|---|']
-    for direction, metric, model, bound, specialist in rows:
+    lines = ['| direction | metric | 4M | prior / chance | beats it | tokenizer bound | specialist | specialist - 4M |',
+             '|---|---|---|---|---|---|---|---|']
+    for direction, metric, model, prior, bound, specialist in rows:
         gap = '' if specialist is None else f'{specialist - model:+.3f}'
-        lines.append(f'| {direction} | {metric} | {fmt(model)} | {fmt(bound)} | {fmt(specialist)} | {gap} |')
+        beats = '' if prior is None else ('yes' if (model < prior if '(lower)' in metric else model > prior) else 'NO')
+        lines.append(f'| {direction} | {metric} | {fmt(model)} | {fmt(prior)} | {beats} | {fmt(bound)} | '
+                     f'{fmt(specialist)} | {gap} |')
     return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
 
 # -----------------------------------------------------------------------------

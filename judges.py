@@ -5,7 +5,7 @@ Judges: small networks we train ourselves to score generated images, since no pr
                  Frechet distance in its 128-d features against real test images, diversity within a class
   clevr objects  ObjectJudge: colour and shape of the object in a window around each object's true box, the
                  judge of caption -> rgb
-Each is trained once and cached next to the data (classifier.pt) or the run (object_judge.pt), loadable with
+Each is trained once and cached next to the data (classifier.pt, object_judge.pt), loadable with
 torch.load(weights_only=True).
 """
 import os

@@ -81,10 +81,13 @@ def test_objects_found_and_crop_window():
 
 
 def test_scorecard_markdown_and_direction():
-    rows = [('rgb->depth', 'abs-rel (lower)', 0.08, 0.07, 0.075), ('caption->rgb, CFG scale 3', 'found', 0.2, None, None)]
+    rows = [('rgb->depth', 'abs-rel (lower)', 0.08, 0.09, 0.07, 0.075),  # lower is better: 0.08 beats 0.09
+            ('rgb->semseg', 'mIoU (higher)', 0.2, 0.25, 0.6, None),  # higher is better: 0.2 does not beat 0.25
+            ('caption->rgb, CFG scale 3', 'found', 0.2, None, None, None)]
     md = E.scorecard_markdown(rows, ['a note'])
-    assert '| rgb->depth | abs-rel (lower) | 0.080 | 0.070 | 0.075 | -0.005 |' in md
-    assert '| caption->rgb, CFG scale 3 | found | 0.200 |  |  |  |' in md and '- a note' in md
+    assert '| rgb->depth | abs-rel (lower) | 0.080 | 0.090 | yes | 0.070 | 0.075 | -0.005 |' in md
+    assert '| rgb->semseg | mIoU (higher) | 0.200 | 0.250 | NO | 0.600 |  |  |' in md
+    assert '| caption->rgb, CFG scale 3 | found | 0.200 |  |  |  |  |  |' in md and '- a note' in md
     ckpt = {'config': {'input_modalities': ['rgb'], 'target_modalities': ['depth']}}
     assert E.direction_of(ckpt) == 'rgb->depth'
     with pytest.raises(E.DataError, match='specialist'):
