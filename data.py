@@ -553,7 +553,8 @@ class FourMData:
         and hand-over steps need. Per sample: the budgets, a mixture component, the input drops, then one
         Dirichlet draw for the input split and another for the target split (targets from what inputs left)."""
         B, M, K = len(seeds), len(self.names), 2 * GAMMA_CANDIDATES + 1
-        u = keyed_uniform(seeds, 0, 4 + 3 * M + 2 * K * M)  # (B, ...) every per-sample draw of this step
+        u = keyed_uniform(seeds, 0, 4 + 5 * M + 2 * K * M)  # (B, ...) every per-sample draw of the batch but the
+        # position shuffles and spans: budgets, component, scene, drops, rounding ties, Gamma proposals, hand-over ties
         (lo_in, hi_in), (lo_tgt, hi_tgt) = self.input_budget, self.target_budget
         n_in = lo_in + (u[:, 0] * (hi_in - lo_in + 1)).long()  # (B,)
         n_tgt = lo_tgt + (u[:, 1] * (hi_tgt - lo_tgt + 1)).long()
@@ -562,13 +563,13 @@ class FourMData:
         # input_drop is decided before the split, so the dropped modalities' share goes to the others (if every
         # input-able modality is dropped the sample has no inputs: the unconditional case guidance needs)
         keep = u[:, 4:4 + M] >= self.input_drop  # (B, M)
-        gamma_u = u[:, 4 + 3 * M:].view(B, 2, K, M)
+        gamma_u = u[:, 4 + 3 * M:4 + 3 * M + 2 * K * M].view(B, 2, K, M)
         w_in, w_tgt = dirichlet_weights(alpha.repeat_interleave(2, 0), gamma_u.flatten(0, 1)).view(B, 2, M).unbind(1)
         avail_in = torch.where(on & self.is_input & keep, self.num_tokens, 0)
         in_counts = split_budget(n_in, w_in, avail_in, u[:, 4 + M:4 + 2 * M])
         avail_tgt = torch.where(on & self.is_target, self.num_tokens - in_counts, 0)
         tgt_counts = split_budget(n_tgt, w_tgt, avail_tgt, u[:, 4 + 2 * M:4 + 3 * M])
-        return in_counts, tgt_counts, (w_in, avail_in, w_tgt, avail_tgt)
+        return in_counts, tgt_counts, (w_in, avail_in, w_tgt, avail_tgt), u
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
         """This rank's slice (samples rank * batch_size ...) of the global batch of `generator`: a torch.Generator
@@ -576,15 +577,15 @@ class FourMData:
         scenes = self.scenes(split)
         seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
         B, T = batch_size, scenes.size(1)
-        rows = (keyed_uniform(seeds, 1, 1)[:, 0] * len(scenes)).long()
-        scene = scenes[rows]  # (B, T)
-        in_counts, tgt_counts, split_state = self.draw_counts(seeds)
+        in_counts, tgt_counts, split_state, u = self.draw_counts(seeds)
+        scene = scenes[(u[:, 3] * len(scenes)).long()]  # (B, T) the sample's scene row
         spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
             if self.span_ids else None
         img_in, img_tgt = in_counts * ~self.span, tgt_counts * ~self.span  # (B, M) spans are cut below
         extra_in = torch.zeros_like(img_in)
         if spans is not None:  # a short sequence leaves part of its budget unused: hand it to the image modalities
-            extra_in, extra_tgt = self.hand_over(seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state)
+            extra_in, extra_tgt = self.hand_over(u[:, -2 * len(self.names):], spans, in_counts, tgt_counts, img_in,
+                                                 img_tgt, split_state)
             img_tgt = img_tgt + extra_tgt
         # every image modality's positions in a random order; the first img_in[m] are inputs, the next
         # img_tgt[m] targets, the next extra_in[m] inputs again. Modalities of one size are shuffled together
@@ -628,14 +629,13 @@ class FourMData:
         return (inp.view(B, S, -1), torch.minimum(in_len.view(B, S), c_in),
                 tgt.view(B, S, -1), torch.minimum(tgt_len.view(B, S), c_tgt))
 
-    def hand_over(self, seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state):
+    def hand_over(self, u, spans, in_counts, tgt_counts, img_in, img_tgt, split_state):
         """The input and target budget a short sequence leaves unused -> extra (B, M) input and target counts
         for the image modalities, split by the sample's own Dirichlet weights among the modalities that may take
-        them (not dropped, alpha > 0), from positions no input or target holds yet."""
+        them (not dropped, alpha > 0), from positions no input or target holds yet. u (B, 2M): rounding ties."""
         w_in, avail_in, w_tgt, avail_tgt = split_state
         left_in = (in_counts * self.span).sum(1) - spans[1].sum(1)  # (B,)
         left_tgt = (tgt_counts * self.span).sum(1) - spans[3].sum(1)
-        u = keyed_uniform(seeds, 9, 2 * len(self.names))
         img = ~self.span
         free = self.num_tokens - img_in - img_tgt
         extra_in = split_budget(left_in, w_in, torch.where(img & (avail_in > 0), free, 0), u[:, :len(self.names)])
@@ -856,7 +856,8 @@ def span_mask_batch(length, num_masked, keys, max_spans, mean_span=3):
     g = torch.arange(N + 2)
     valid = (g >= 1) & (g <= (length - k + 1)[:, None])  # (B, N + 2) gap cuts: 1..length-k+1
     cut_gap = valid & (ranks(torch.where(valid, keys[:, N:], LAST)) < s[:, None])
-    c = torch.where(cut_gap, g, N + 2).sort(1).values  # (B, N + 2) the gap cuts in order, first
+    c = torch.zeros(B, N + 3, dtype=torch.long).scatter_(1, torch.where(cut_gap, cut_gap.cumsum(1) - 1, N + 2), g.expand(B, -1))
+    # (B, N + 3) the gap cuts in order, first
     span = cut_len.long().cumsum(1)  # (B, N) span of the j-th masked token
     pos = j + c.gather(1, span.clamp_max(N + 1)) - 1
     pos = torch.where(j < k[:, None], pos, N)  # N: a dummy column
