@@ -441,10 +441,15 @@ class FourMData:
     (data/<name>/<split>/<modality>.npy: one row of tokens per scene, rows aligned across modalities).
 
     Per sample (4M's multimodal masking): an input budget and a target budget, each uniform in its config range
-    (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by a
-    Dirichlet(alpha) draw, alpha picked from a mixture; then every modality's positions are shuffled and the
-    first ones become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to
-    the largest budgets so their shapes never change (torch.compile, DDP).
+    (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by its own
+    Dirichlet(alpha) draw, alpha picked from a mixture (split_budget: in proportion, capped by what a modality
+    has, targets only from what the inputs left); then every modality's positions are shuffled and the first ones
+    become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to the largest
+    budgets so their shapes never change (torch.compile, DDP).
+
+    The whole batch is built with batched torch ops, and every random number is keyed by (batch key, global sample
+    index) (see keyed_uniform): a rank builds only its own slice of the global batch, yet 8 ranks x b see exactly
+    what 1 rank x 8b sees, and a batch is a function of its key alone (BatchPrefetcher, exact resume).
 
     Options (training config keys):
       seq_masking='span'   sequence modalities (caption, boxes) are span-masked as in T5 / 4M instead of token by
@@ -453,7 +458,11 @@ class FourMData:
                            dec_tokens, each target's previous token, for teacher forcing). The Dirichlet draw still
                            decides each modality's share: the target share of a sequence's budget is its mask ratio,
                            and input and target are cut to their budgets. 'random' (default): token by token, as images.
-      input_drop=p         each modality's inputs are all dropped with probability p (for classifier-free guidance)
+      input_drop=p         each modality's inputs are all dropped with probability p (for classifier-free guidance),
+                           decided before the split: the input budget goes to the modalities not dropped (fixed
+                           budgets stay free of padding); with every input modality dropped the sample has no input.
+                           Likewise the input and target budget a short span-masked sequence leaves unused goes to
+                           the image modalities (hand_over).
       input_modalities, target_modalities   which modalities may be inputs / targets (default: all); a specialist
                            for one direction is e.g. ('rgb',) -> ('depth',)"""
 
@@ -1050,7 +1059,8 @@ def load_tokens(dataset, split):
 def load_data(dataset, model_type, block_size, options=None):
     """The batch maker for a dataset and model family: an object with
     .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
-    the model's forward() arguments, and .model_args, the ModelConfig fields the data fixes. `options` is
+    the model's forward() arguments (rank's slice of the global batch; generator is a torch.Generator, from which
+    one key is drawn, or an int key, see make_key), and .model_args, the ModelConfig fields the data fixes. `options` is
     the training config; image batch makers read mask_schedule, cond_drop, image_modality and cond_modality."""
     options = options or {}
     kind = load_meta(dataset).get('kind')
