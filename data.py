@@ -541,7 +541,7 @@ class FourMData:
         shuffled = [m for m in range(len(names)) if not self.span[m]]
         sizes = sorted({int(self.num_tokens[m]) for m in shuffled})
         self.shuffle_groups = [([m for m in shuffled if self.num_tokens[m] == n], n) for n in sizes]
-        slot_mod = torch.cat([torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
+        slot_mod = torch.cat([torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups] + [torch.zeros(0, dtype=torch.long)])
         self.shuffle_slots = torch.sort(slot_mod, stable=True).indices
         self.shuffle_in_order = bool((self.shuffle_slots == torch.arange(len(slot_mod))).all())
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
@@ -608,7 +608,10 @@ class FourMData:
             c_in, c_tgt, c_ex = img_in[:, g, None], img_tgt[:, g, None], extra_in[:, g, None]  # (B, g, 1)
             is_in.append((r < c_in) | ((r >= c_in + c_tgt) & (r < c_in + c_tgt + c_ex)))
             is_tgt.append((r >= c_in) & (r < c_in + c_tgt))
-        if len(cols) == 1 and self.shuffle_in_order:  # e.g. four 8x8 grids, side by side
+        if not cols:  # only span-masked modalities
+            cols, is_in = torch.zeros(B, 0, dtype=torch.long), torch.zeros(B, 0, dtype=torch.bool)
+            is_tgt = is_in
+        elif len(cols) == 1 and self.shuffle_in_order:  # e.g. four 8x8 grids, side by side
             cols, is_in, is_tgt = cols[0].flatten(1), is_in[0].flatten(1), is_tgt[0].flatten(1)
         else:
             cols, is_in, is_tgt = (torch.cat([x.flatten(1) for x in xs], 1)[:, self.shuffle_slots]
