@@ -541,7 +541,8 @@ class FourMData:
         shuffled = [m for m in range(len(names)) if not self.span[m]]
         sizes = sorted({int(self.num_tokens[m]) for m in shuffled})
         self.shuffle_groups = [([m for m in shuffled if self.num_tokens[m] == n], n) for n in sizes]
-        slot_mod = torch.cat([torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups] + [torch.zeros(0, dtype=torch.long)])
+        slot_mod = torch.cat([torch.zeros(0, dtype=torch.long)] +
+                             [torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
         self.shuffle_slots = torch.sort(slot_mod, stable=True).indices
         self.shuffle_in_order = bool((self.shuffle_slots == torch.arange(len(slot_mod))).all())
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
@@ -550,11 +551,11 @@ class FourMData:
                            'vocab_size': sum(s['vocab_size'] for s in self.specs)}  # the shared id space
 
     def scenes(self, split):
-        """(num_scenes, total) int64: every modality's tokens side by side, one row per scene; read once per split
-        (a few MB for the CLEVR sets) so a batch is one gather."""
+        """(num_scenes, total) int32: every modality's tokens side by side, one row per scene; read into memory once
+        per split (28 MB for 20,000 CLEVR scenes) so a batch's scenes are one gather."""
         if split not in self._scenes:
             self._scenes[split] = torch.from_numpy(np.concatenate(
-                [np.load(os.path.join(self.dir, split, f'{n}.npy')).astype(np.int64) for n in self.names], axis=1))
+                [np.load(os.path.join(self.dir, split, f'{n}.npy')).astype(np.int32) for n in self.names], axis=1))
         return self._scenes[split]
 
     def draw_counts(self, seeds):
@@ -587,7 +588,7 @@ class FourMData:
         seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
         B, T = batch_size, scenes.size(1)
         in_counts, tgt_counts, split_state, u = self.draw_counts(seeds)
-        scene = scenes[(u[:, 3] * len(scenes)).long()]  # (B, T) the sample's scene row
+        scene = scenes[(u[:, 3] * len(scenes)).long()].long()  # (B, T) the sample's scene row
         spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
             if self.span_ids else None
         img_in, img_tgt = in_counts * ~self.span, tgt_counts * ~self.span  # (B, M) spans are cut below
