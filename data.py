@@ -179,16 +179,16 @@ def keyed_sort_keys(seeds, stream, n):
 
 
 def box_muller(u1, u2):
-    """Two equal-shape uniforms in [0, 1) -> twice as many standard normals, concatenated on dim 1."""
+    """Two equal-shape uniforms in [0, 1) -> twice as many standard normals, concatenated on the last dim."""
     r = torch.sqrt(-2.0 * torch.log1p(-u1))
-    return torch.cat([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], dim=1)
+    return torch.cat([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], dim=-1)
 
 
 GAMMA_CANDIDATES = 6  # Marsaglia-Tsang proposals per draw
 
 
 def log_gamma(alpha, u):
-    """log of Gamma(alpha) draws, alpha (B, M) > 0, from u (B, 2 * GAMMA_CANDIDATES + 1, M) uniforms. As
+    """log of Gamma(alpha) draws, alpha (B, M) > 0, from u (B, M, 2 * GAMMA_CANDIDATES + 1) uniforms. As
     Gamma(alpha + 1) * U^(1/alpha) in log space, so a tiny alpha gives a hugely negative log (one modality then
     takes nearly everything, as it should) where a plain gamma draw underflows to 0. Gamma(alpha + 1), shape >= 1,
     by Marsaglia-Tsang with a fixed number of proposals: the first accepted one is used; each is rejected with
@@ -196,13 +196,13 @@ def log_gamma(alpha, u):
     K = GAMMA_CANDIDATES
     d = alpha + (1.0 - 1.0 / 3.0)  # (B, M) for shape alpha + 1
     c = 1.0 / torch.sqrt(9.0 * d)
-    z = box_muller(u[:, :K // 2], u[:, K // 2:K])  # (B, K, M) proposals
-    v = (1.0 + c[:, None] * z) ** 3
+    z = box_muller(u[..., :K // 2], u[..., K // 2:K])  # (B, M, K) proposals (last: reductions over K are fast)
+    v = (1.0 + c[..., None] * z) ** 3
     log_v = torch.log(v.clamp_min(1e-300))
-    accept = (v > 0) & (torch.log1p(-u[:, K:2 * K]) < 0.5 * z * z + d[:, None] * (1.0 - v + log_v))
-    first = accept.int().argmax(1, keepdim=True)  # (B, 1, M) the first accepted proposal (0 if none)
-    log_v = torch.where(accept.any(1), log_v.gather(1, first)[:, 0], 0.0)
-    return torch.log(d) + log_v + torch.log1p(-u[:, 2 * K]) / alpha
+    accept = (v > 0) & (torch.log1p(-u[..., K:2 * K]) < 0.5 * z * z + d[..., None] * (1.0 - v + log_v))
+    first = accept.int().argmax(-1, keepdim=True)  # (B, M, 1) the first accepted proposal (0 if none)
+    log_v = torch.where(accept.any(-1), log_v.gather(-1, first)[..., 0], 0.0)
+    return torch.log(d) + log_v + torch.log1p(-u[..., 2 * K]) / alpha
 
 
 def dirichlet_weights(alpha, u):
@@ -573,7 +573,7 @@ class FourMData:
         # input_drop is decided before the split, so the dropped modalities' share goes to the others (if every
         # input-able modality is dropped the sample has no inputs: the unconditional case guidance needs)
         keep = u[:, 4:4 + M] >= self.input_drop  # (B, M)
-        gamma_u = u[:, 4 + 3 * M:4 + 3 * M + 2 * K * M].view(B, 2, K, M)
+        gamma_u = u[:, 4 + 3 * M:4 + 3 * M + 2 * K * M].view(B, 2, M, K)
         w_in, w_tgt = dirichlet_weights(alpha.repeat_interleave(2, 0), gamma_u.flatten(0, 1)).view(B, 2, M).unbind(1)
         avail_in = torch.where(on & self.is_input & keep, self.num_tokens, 0)
         in_counts = split_budget(n_in, w_in, avail_in, u[:, 4 + M:4 + 2 * M])
