@@ -545,6 +545,11 @@ class FourMData:
                              [torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
         self.shuffle_slots = torch.sort(slot_mod, stable=True).indices
         self.shuffle_in_order = bool((self.shuffle_slots == torch.arange(len(slot_mod))).all())
+        self.group_index = [slice(g[0], g[-1] + 1) if g == list(range(g[0], g[-1] + 1)) else torch.tensor(g)
+                            for g, n in self.shuffle_groups]  # a slice (a view, no copy) where it can be
+        self.group_first = [self.first_t[torch.tensor(g)][:, None] for g, n in self.shuffle_groups]  # (g, 1)
+        self.col_pos = torch.arange(len(self.col_mod)) - self.first_t[self.col_mod]  # (T,) position in its modality
+        self._span_rows = {}  # batch size -> the span tables repeated per sample, (B * S,)
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
         # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
         self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets,
@@ -601,10 +606,9 @@ class FourMData:
         # img_tgt[m] targets, the next extra_in[m] inputs again. Modalities of one size are shuffled together
         # as (B, g, n) rows: short int32 rows sort fastest.
         cols, is_in, is_tgt = [], [], []
-        for group, n in self.shuffle_groups:  # a handful of modality groups
-            g = torch.tensor(group)
-            order = keyed_sort_keys(seeds, 2 + 100 * g[0].item(), len(group) * n).view(B, len(group), n).argsort(2)
-            cols.append(self.first_t[g][:, None] + order)  # (B, g, n) columns, in a random order per modality
+        for (group, n), g, first in zip(self.shuffle_groups, self.group_index, self.group_first):  # a handful
+            order = keyed_sort_keys(seeds, 2 + 100 * group[0], len(group) * n).view(B, len(group), n).argsort(2)
+            cols.append(first + order)  # (B, g, n) columns, in a random order per modality
             r = torch.arange(n)  # rank of each slot within its modality
             c_in, c_tgt, c_ex = img_in[:, g, None], img_tgt[:, g, None], extra_in[:, g, None]  # (B, g, 1)
             is_in.append((r < c_in) | ((r >= c_in + c_tgt) & (r < c_in + c_tgt + c_ex)))
@@ -636,9 +640,11 @@ class FourMData:
         share = c_tgt.double() / (c_in + c_tgt).clamp_min(1).double()
         num_masked = torch.round(share * length).long()
         keys = keyed_sort_keys(seeds, 3, S * (2 * N + 2)).view(B * S, 2 * N + 2)
-        mask = span_mask_batch(length.flatten(), num_masked.flatten(), keys, num_sentinels.repeat(B))
-        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq.flatten(0, 1), mask, length.flatten(),
-                                                       first_sentinel.repeat(B)[:, None], eos.repeat(B)[:, None])
+        if B not in self._span_rows:
+            self._span_rows[B] = (num_sentinels.repeat(B), first_sentinel.repeat(B)[:, None], eos.repeat(B)[:, None])
+        num_sentinels, first_sentinel, eos = self._span_rows[B]  # (B * S,) one per sample and modality
+        mask = span_mask_batch(length.flatten(), num_masked.flatten(), keys, num_sentinels)
+        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq.flatten(0, 1), mask, length.flatten(), first_sentinel, eos)
         return (inp.view(B, S, -1), torch.minimum(in_len.view(B, S), c_in),
                 tgt.view(B, S, -1), torch.minimum(tgt_len.view(B, S), c_tgt))
 
@@ -680,8 +686,7 @@ class FourMData:
         """Scene rows (B, T) and column indices (B, n) with -1 as padding -> the model's tensors (B, n)."""
         pad = cols < 0
         cols = cols.clamp_min(0)
-        mod = self.col_mod[cols]
-        batch = {f'{prefix}_pos': torch.where(pad, 0, cols - self.first_t[mod]), f'{prefix}_mod': mod, f'{prefix}_pad': pad}
+        batch = {f'{prefix}_pos': self.col_pos[cols], f'{prefix}_mod': self.col_mod[cols], f'{prefix}_pad': pad}
         tok = scene.gather(1, cols)
         if targets:
             batch['targets'] = torch.where(pad, -1, tok)
