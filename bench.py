@@ -115,8 +115,8 @@ def batch_rate(data, batch_size, world_size):
 
 def model_rate(data, cfg, batch_size, device_name, autocast):
     """Training samples/s (forward + backward + AdamW step) of the config's 4M model on this device."""
-    args = {k: cfg[k] for k in ('n_layer', 'n_layer_dec', 'n_head', 'n_embd', 'dropout', 'bias', 'grid_conv', 'seq_masking')
-            if k in cfg}
+    keys = ('n_layer', 'n_layer_dec', 'n_head', 'n_embd', 'dropout', 'bias', 'grid_conv', 'seq_masking')
+    args = {k: cfg[k] for k in keys if k in cfg}
     model = build_model(ModelConfig(model_type='4m', **args, **data.model_args)).to(device_name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batch = {k: v.to(device_name) for k, v in data.get_batch('train', batch_size, 0).items()}

@@ -525,7 +525,7 @@ class FourMData:
         self.is_input, self.is_target = torch.from_numpy(self.is_input), torch.from_numpy(self.is_target)
         self.num_tokens = torch.from_numpy(self.num_tokens).long()
         self.first_t = torch.from_numpy(self.first).long()
-        self.col_mod = torch.repeat_interleave(torch.arange(len(names)), self.num_tokens)  # (T,) modality of each column
+        self.col_mod = torch.repeat_interleave(torch.arange(len(names)), self.num_tokens)  # (T,) each column's modality
         # the span-masked modalities' columns as (S, N) rows padded to the longest, and their ids
         if self.span_ids:
             N = max(int(self.num_tokens[m]) for m in self.span_ids)
@@ -591,7 +591,7 @@ class FourMData:
         (one key is drawn from it, alike on every rank) or an int batch key (see make_key)."""
         scenes = self.scenes(split)
         seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
-        B, T = batch_size, scenes.size(1)
+        B = batch_size
         in_counts, tgt_counts, split_state, u = self.draw_counts(seeds)
         scene = scenes[(u[:, 3] * len(scenes)).long()].long()  # (B, T) the sample's scene row
         spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
@@ -874,8 +874,8 @@ def span_mask_batch(length, num_masked, keys, max_spans, mean_span=3):
     g = torch.arange(N + 2)
     valid = (g >= 1) & (g <= (length - k + 1)[:, None])  # (B, N + 2) gap cuts: 1..length-k+1
     cut_gap = valid & (ranks(torch.where(valid, keys[:, N:], LAST)) < s[:, None])
-    c = torch.zeros(B, N + 3, dtype=torch.long).scatter_(1, torch.where(cut_gap, cut_gap.cumsum(1) - 1, N + 2), g.expand(B, -1))
-    # (B, N + 3) the gap cuts in order, first
+    nth = torch.where(cut_gap, cut_gap.cumsum(1) - 1, N + 2)  # which cut each one is
+    c = torch.zeros(B, N + 3, dtype=torch.long).scatter_(1, nth, g.expand(B, -1))  # (B, N + 3) the gap cuts in order
     span = cut_len.long().cumsum(1)  # (B, N) span of the j-th masked token
     pos = j + c.gather(1, span.clamp_max(N + 1)) - 1
     pos = torch.where(j < k[:, None], pos, N)  # N: a dummy column
@@ -891,7 +891,8 @@ def span_corrupt_batch(seq, mask, length, first_sentinel, eos):
     real = torch.arange(N) < length[:, None]
     emit = real & (~mask | start)  # the input keeps unmasked tokens, and one sentinel per span
     dest = torch.where(emit, emit.long().cumsum(1) - 1, N + 1)
-    inp = (torch.zeros((B, N + 2), dtype=seq.dtype) + eos).scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
+    inp = torch.zeros((B, N + 2), dtype=seq.dtype) + eos
+    inp = inp.scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
     in_len = emit.sum(1) + 1  # with <eos>
     n_out = mask.long() + start.long()  # the target holds a span's sentinel, then its tokens
     at = n_out.cumsum(1) - n_out
