@@ -17,9 +17,17 @@ KV cache.
 
 --mode=render: clevr.py scenes rendered per second on one thread (~1,000 on one core).
 
+--mode=data: samples/s of data.py's batch construction on ONE thread, per rank at world sizes 1 and 8, for
+config/nano4m.py's and config/nano4m_cpu.py's 4M masking and for MaskGIT/GPT image batches at
+config/clevr_maskgit.py's settings (on --data_dataset, default clevr), next to the 4M models' own training
+samples/s (forward + backward + optimizer step) on this device; and the padding share of the 4M batches.
+
+    python bench.py --mode=data
+
 Time to a target loss for each option: speedrun.py.
 """
 import copy
+import math
 import sys
 import time
 from contextlib import nullcontext
@@ -35,7 +43,10 @@ from model import ModelConfig, build_model, flops_per_token, num_params
 from optim import configure_optimizer
 
 # -----------------------------------------------------------------------------
-mode = 'model'              # 'model' | 'speed' | 'render'
+mode = 'model'              # 'model' | 'data' | 'speed' | 'render' (see above)
+data_dataset = 'clevr'      # --mode=data: the prepared multimodal dataset
+data_batches = 20           # --mode=data: timed batches per measurement (best of 3 runs)
+model_steps = 2             # --mode=data: timed training steps of each 4M config's model, after one warm-up
 model_type = 'gpt'
 n_layer = 4
 n_head = 4
@@ -220,6 +231,72 @@ def render():
     print(f"clevr: {render_scenes} scenes in {dt:.2f}s on one thread, {render_scenes / dt:,.0f} scenes/s")
 
 
+def read_config(path):
+    """The settings a config file sets."""
+    return configure({}, argv=[path], keys=[], allow_new=True)
+
+
+def batch_rate(data, batch_size, world_size):
+    """Samples/s of one rank's get_batch at this world size (best of 3 runs of data_batches batches)."""
+    data.get_batch('train', batch_size, 0, 0, world_size)  # loads the split
+    best = math.inf
+    for run in range(3):
+        t0 = time.perf_counter()
+        for i in range(data_batches):
+            data.get_batch('train', batch_size, 1000 * run + i, i % world_size, world_size)
+        best = min(best, (time.perf_counter() - t0) / data_batches)
+    return batch_size / best
+
+
+def model_rate(data, cfg, batch_size, device_name, autocast):
+    """Training samples/s (forward + backward + AdamW step) of the config's 4M model on this device."""
+    keys = ('n_layer', 'n_layer_dec', 'n_head', 'n_embd', 'dropout', 'bias', 'grid_conv', 'seq_masking')
+    args = {k: cfg[k] for k in keys if k in cfg}
+    model = build_model(ModelConfig(model_type='4m', **args, **data.model_args)).to(device_name)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = {k: v.to(device_name) for k, v in data.get_batch('train', batch_size, 0).items()}
+    for step in range(1 + model_steps):
+        if step == 1:
+            sync(device_name)
+            t0 = time.perf_counter()
+        with autocast:
+            _, loss, _ = model(**batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    sync(device_name)
+    return batch_size * model_steps / (time.perf_counter() - t0), num_params(model)
+
+
+def bench_data(device_name, autocast):
+    from data import FourMData, ImageTokenData
+    threads = torch.get_num_threads()
+    print(f"batch construction on 1 CPU thread, samples/s per rank; models on {device_name} "
+          f"({threads} threads on CPU)")
+    for path in ('config/nano4m.py', 'config/nano4m_cpu.py'):
+        cfg = read_config(path)
+        data = FourMData(data_dataset, cfg)
+        B = cfg['batch_size']
+        torch.set_num_threads(1)
+        rates = [batch_rate(data, B, ws) for ws in (1, 8)]
+        b = data.get_batch('train', 512, 7)
+        pad_in, pad_tgt = b['enc_pad'].float().mean().item(), b['dec_pad'].float().mean().item()
+        torch.set_num_threads(threads)
+        model, params = model_rate(data, cfg, B, device_name, autocast)
+        print(f"{path:22s} 4M batch {B}: world size 1 {rates[0]:8,.0f}, world size 8 {rates[1]:8,.0f} samples/s/rank | "
+              f"model {params / 1e6:.1f}M params trains {model:,.1f} samples/s | padding: inputs {pad_in:.1%}, "
+              f"targets {pad_tgt:.1%}")
+    cfg = read_config('config/clevr_maskgit.py')
+    torch.set_num_threads(1)
+    for family in ('maskgit', 'gpt'):
+        data = ImageTokenData(data_dataset, family, cfg['mask_schedule'], cfg['cond_drop'], cfg['image_modality'],
+                              cfg['cond_modality'])
+        rates = [batch_rate(data, cfg['batch_size'], ws) for ws in (1, 8)]
+        print(f"clevr_maskgit.py-like  {family:7s} batch {cfg['batch_size']}: world size 1 {rates[0]:8,.0f}, "
+              f"world size 8 {rates[1]:8,.0f} samples/s/rank (on {data_dataset})")
+    torch.set_num_threads(threads)
+
+
 def main():
     try:
         configure(globals(), keys=_config_keys)
@@ -232,8 +309,8 @@ def main():
             sys.exit(f"bench.py: {e}")
     if mode == 'render':
         return render()
-    if mode != 'model':
-        sys.exit(f"bench.py: unknown --mode={mode!r}; choose model, speed or render")
+    if mode not in ('model', 'data'):
+        sys.exit(f"bench.py: unknown --mode={mode!r}; choose model, data, speed or render")
     device_name = pick_device(device)
     device_type = 'cuda' if device_name.startswith('cuda') else device_name
     dtype_name = pick_dtype(dtype, device_type)
@@ -242,6 +319,8 @@ def main():
     ptdtype = DTYPES[dtype_name]
     autocast = nullcontext() if dtype_name == 'float32' else torch.autocast(device_type=device_type, dtype=ptdtype)
     torch.manual_seed(seed)
+    if mode == 'data':
+        return bench_data(device_name, autocast)
     model_args = {f.name: globals()[f.name] for f in fields(ModelConfig)}
     config = ModelConfig(**{**model_args, 'block_size': max(block_size, train_block_size)})
     model = build_model(config).to(device_name)

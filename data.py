@@ -179,16 +179,16 @@ def keyed_sort_keys(seeds, stream, n):
 
 
 def box_muller(u1, u2):
-    """Two equal-shape uniforms in [0, 1) -> twice as many standard normals, concatenated on dim 1."""
+    """Two equal-shape uniforms in [0, 1) -> twice as many standard normals, concatenated on the last dim."""
     r = torch.sqrt(-2.0 * torch.log1p(-u1))
-    return torch.cat([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], dim=1)
+    return torch.cat([r * torch.cos(2 * math.pi * u2), r * torch.sin(2 * math.pi * u2)], dim=-1)
 
 
 GAMMA_CANDIDATES = 6  # Marsaglia-Tsang proposals per draw
 
 
 def log_gamma(alpha, u):
-    """log of Gamma(alpha) draws, alpha (B, M) > 0, from u (B, 2 * GAMMA_CANDIDATES + 1, M) uniforms. As
+    """log of Gamma(alpha) draws, alpha (B, M) > 0, from u (B, M, 2 * GAMMA_CANDIDATES + 1) uniforms. As
     Gamma(alpha + 1) * U^(1/alpha) in log space, so a tiny alpha gives a hugely negative log (one modality then
     takes nearly everything, as it should) where a plain gamma draw underflows to 0. Gamma(alpha + 1), shape >= 1,
     by Marsaglia-Tsang with a fixed number of proposals: the first accepted one is used; each is rejected with
@@ -196,13 +196,13 @@ def log_gamma(alpha, u):
     K = GAMMA_CANDIDATES
     d = alpha + (1.0 - 1.0 / 3.0)  # (B, M) for shape alpha + 1
     c = 1.0 / torch.sqrt(9.0 * d)
-    z = box_muller(u[:, :K // 2], u[:, K // 2:K])  # (B, K, M) proposals
-    v = (1.0 + c[:, None] * z) ** 3
+    z = box_muller(u[..., :K // 2], u[..., K // 2:K])  # (B, M, K) proposals (last: reductions over K are fast)
+    v = (1.0 + c[..., None] * z) ** 3
     log_v = torch.log(v.clamp_min(1e-300))
-    accept = (v > 0) & (torch.log1p(-u[:, K:2 * K]) < 0.5 * z * z + d[:, None] * (1.0 - v + log_v))
-    first = accept.int().argmax(1, keepdim=True)  # (B, 1, M) the first accepted proposal (0 if none)
-    log_v = torch.where(accept.any(1), log_v.gather(1, first)[:, 0], 0.0)
-    return torch.log(d) + log_v + torch.log1p(-u[:, 2 * K]) / alpha
+    accept = (v > 0) & (torch.log1p(-u[..., K:2 * K]) < 0.5 * z * z + d[..., None] * (1.0 - v + log_v))
+    first = accept.int().argmax(-1, keepdim=True)  # (B, M, 1) the first accepted proposal (0 if none)
+    log_v = torch.where(accept.any(-1), log_v.gather(-1, first)[..., 0], 0.0)
+    return torch.log(d) + log_v + torch.log1p(-u[..., 2 * K]) / alpha
 
 
 def dirichlet_weights(alpha, u):
@@ -441,10 +441,15 @@ class FourMData:
     (data/<name>/<split>/<modality>.npy: one row of tokens per scene, rows aligned across modalities).
 
     Per sample (4M's multimodal masking): an input budget and a target budget, each uniform in its config range
-    (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by a
-    Dirichlet(alpha) draw, alpha picked from a mixture; then every modality's positions are shuffled and the
-    first ones become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to
-    the largest budgets so their shapes never change (torch.compile, DDP).
+    (min == max gives fixed budgets, hence no padding); each budget is split across the modalities by its own
+    Dirichlet(alpha) draw, alpha picked from a mixture (split_budget: in proportion, capped by what a modality
+    has, targets only from what the inputs left); then every modality's positions are shuffled and the first ones
+    become inputs, the next ones targets, so inputs and targets never overlap. Batches are padded to the largest
+    budgets so their shapes never change (torch.compile, DDP).
+
+    The whole batch is built with batched torch ops, and every random number is keyed by (batch key, global sample
+    index) (see keyed_uniform): a rank builds only its own slice of the global batch, yet 8 ranks x b see exactly
+    what 1 rank x 8b sees, and a batch is a function of its key alone (BatchPrefetcher, exact resume).
 
     Options (training config keys):
       seq_masking='span'   sequence modalities (caption, boxes) are span-masked as in T5 / 4M instead of token by
@@ -453,7 +458,11 @@ class FourMData:
                            dec_tokens, each target's previous token, for teacher forcing). The Dirichlet draw still
                            decides each modality's share: the target share of a sequence's budget is its mask ratio,
                            and input and target are cut to their budgets. 'random' (default): token by token, as images.
-      input_drop=p         each modality's inputs are all dropped with probability p (for classifier-free guidance)
+      input_drop=p         each modality's inputs are all dropped with probability p (for classifier-free guidance),
+                           decided before the split: the input budget goes to the modalities not dropped (fixed
+                           budgets stay free of padding); with every input modality dropped the sample has no input.
+                           Likewise the input and target budget a short span-masked sequence leaves unused goes to
+                           the image modalities (hand_over).
       input_modalities, target_modalities   which modalities may be inputs / targets (default: all); a specialist
                            for one direction is e.g. ('rgb',) -> ('depth',)"""
 
@@ -516,7 +525,7 @@ class FourMData:
         self.is_input, self.is_target = torch.from_numpy(self.is_input), torch.from_numpy(self.is_target)
         self.num_tokens = torch.from_numpy(self.num_tokens).long()
         self.first_t = torch.from_numpy(self.first).long()
-        self.col_mod = torch.repeat_interleave(torch.arange(len(names)), self.num_tokens)  # (T,) modality of each column
+        self.col_mod = torch.repeat_interleave(torch.arange(len(names)), self.num_tokens)  # (T,) each column's modality
         # the span-masked modalities' columns as (S, N) rows padded to the longest, and their ids
         if self.span_ids:
             N = max(int(self.num_tokens[m]) for m in self.span_ids)
@@ -532,20 +541,26 @@ class FourMData:
         shuffled = [m for m in range(len(names)) if not self.span[m]]
         sizes = sorted({int(self.num_tokens[m]) for m in shuffled})
         self.shuffle_groups = [([m for m in shuffled if self.num_tokens[m] == n], n) for n in sizes]
-        slot_mod = torch.cat([torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
+        slot_mod = torch.cat([torch.zeros(0, dtype=torch.long)] +
+                             [torch.tensor(g).repeat_interleave(n) for g, n in self.shuffle_groups])
         self.shuffle_slots = torch.sort(slot_mod, stable=True).indices
         self.shuffle_in_order = bool((self.shuffle_slots == torch.arange(len(slot_mod))).all())
+        self.group_index = [slice(g[0], g[-1] + 1) if g == list(range(g[0], g[-1] + 1)) else torch.tensor(g)
+                            for g, n in self.shuffle_groups]  # a slice (a view, no copy) where it can be
+        self.group_first = [self.first_t[torch.tensor(g)][:, None] for g, n in self.shuffle_groups]  # (g, 1)
+        self.col_pos = torch.arange(len(self.col_mod)) - self.first_t[self.col_mod]  # (T,) position in its modality
+        self._span_rows = {}  # batch size -> the span tables repeated per sample, (B * S,)
         self.n_inputs, self.n_targets = self.input_budget[1], self.target_budget[1]  # padded sizes
         # ModelConfig fields this data fixes; block_size is the padded number of tokens per sample
         self.model_args = {'modalities': tuple(self.specs), 'block_size': self.n_inputs + self.n_targets,
                            'vocab_size': sum(s['vocab_size'] for s in self.specs)}  # the shared id space
 
     def scenes(self, split):
-        """(num_scenes, total) int64: every modality's tokens side by side, one row per scene; read once per split
-        (a few MB for the CLEVR sets) so a batch is one gather."""
+        """(num_scenes, total) int32: every modality's tokens side by side, one row per scene; read into memory once
+        per split (28 MB for 20,000 CLEVR scenes) so a batch's scenes are one gather."""
         if split not in self._scenes:
             self._scenes[split] = torch.from_numpy(np.concatenate(
-                [np.load(os.path.join(self.dir, split, f'{n}.npy')).astype(np.int64) for n in self.names], axis=1))
+                [np.load(os.path.join(self.dir, split, f'{n}.npy')).astype(np.int32) for n in self.names], axis=1))
         return self._scenes[split]
 
     def draw_counts(self, seeds):
@@ -553,7 +568,8 @@ class FourMData:
         and hand-over steps need. Per sample: the budgets, a mixture component, the input drops, then one
         Dirichlet draw for the input split and another for the target split (targets from what inputs left)."""
         B, M, K = len(seeds), len(self.names), 2 * GAMMA_CANDIDATES + 1
-        u = keyed_uniform(seeds, 0, 4 + 3 * M + 2 * K * M)  # (B, ...) every per-sample draw of this step
+        u = keyed_uniform(seeds, 0, 4 + 5 * M + 2 * K * M)  # (B, ...) every per-sample draw of the batch but the
+        # position shuffles and spans: budgets, component, scene, drops, rounding ties, Gamma proposals, hand-over ties
         (lo_in, hi_in), (lo_tgt, hi_tgt) = self.input_budget, self.target_budget
         n_in = lo_in + (u[:, 0] * (hi_in - lo_in + 1)).long()  # (B,)
         n_tgt = lo_tgt + (u[:, 1] * (hi_tgt - lo_tgt + 1)).long()
@@ -562,43 +578,45 @@ class FourMData:
         # input_drop is decided before the split, so the dropped modalities' share goes to the others (if every
         # input-able modality is dropped the sample has no inputs: the unconditional case guidance needs)
         keep = u[:, 4:4 + M] >= self.input_drop  # (B, M)
-        gamma_u = u[:, 4 + 3 * M:].view(B, 2, K, M)
+        gamma_u = u[:, 4 + 3 * M:4 + 3 * M + 2 * K * M].view(B, 2, M, K)
         w_in, w_tgt = dirichlet_weights(alpha.repeat_interleave(2, 0), gamma_u.flatten(0, 1)).view(B, 2, M).unbind(1)
         avail_in = torch.where(on & self.is_input & keep, self.num_tokens, 0)
         in_counts = split_budget(n_in, w_in, avail_in, u[:, 4 + M:4 + 2 * M])
         avail_tgt = torch.where(on & self.is_target, self.num_tokens - in_counts, 0)
         tgt_counts = split_budget(n_tgt, w_tgt, avail_tgt, u[:, 4 + 2 * M:4 + 3 * M])
-        return in_counts, tgt_counts, (w_in, avail_in, w_tgt, avail_tgt)
+        return in_counts, tgt_counts, (w_in, avail_in, w_tgt, avail_tgt), u
 
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
         """This rank's slice (samples rank * batch_size ...) of the global batch of `generator`: a torch.Generator
         (one key is drawn from it, alike on every rank) or an int batch key (see make_key)."""
         scenes = self.scenes(split)
         seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
-        B, T = batch_size, scenes.size(1)
-        rows = (keyed_uniform(seeds, 1, 1)[:, 0] * len(scenes)).long()
-        scene = scenes[rows]  # (B, T)
-        in_counts, tgt_counts, split_state = self.draw_counts(seeds)
+        B = batch_size
+        in_counts, tgt_counts, split_state, u = self.draw_counts(seeds)
+        scene = scenes[(u[:, 3] * len(scenes)).long()].long()  # (B, T) the sample's scene row
         spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
             if self.span_ids else None
         img_in, img_tgt = in_counts * ~self.span, tgt_counts * ~self.span  # (B, M) spans are cut below
         extra_in = torch.zeros_like(img_in)
         if spans is not None:  # a short sequence leaves part of its budget unused: hand it to the image modalities
-            extra_in, extra_tgt = self.hand_over(seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state)
+            extra_in, extra_tgt = self.hand_over(u[:, -2 * len(self.names):], spans, in_counts, tgt_counts, img_in,
+                                                 img_tgt, split_state)
             img_tgt = img_tgt + extra_tgt
         # every image modality's positions in a random order; the first img_in[m] are inputs, the next
         # img_tgt[m] targets, the next extra_in[m] inputs again. Modalities of one size are shuffled together
         # as (B, g, n) rows: short int32 rows sort fastest.
         cols, is_in, is_tgt = [], [], []
-        for group, n in self.shuffle_groups:  # a handful of modality groups
-            g = torch.tensor(group)
-            order = keyed_sort_keys(seeds, 2 + 100 * g[0].item(), len(group) * n).view(B, len(group), n).argsort(2)
-            cols.append(self.first_t[g][:, None] + order)  # (B, g, n) columns, in a random order per modality
+        for (group, n), g, first in zip(self.shuffle_groups, self.group_index, self.group_first):  # a handful
+            order = keyed_sort_keys(seeds, 2 + 100 * group[0], len(group) * n).view(B, len(group), n).argsort(2)
+            cols.append(first + order)  # (B, g, n) columns, in a random order per modality
             r = torch.arange(n)  # rank of each slot within its modality
             c_in, c_tgt, c_ex = img_in[:, g, None], img_tgt[:, g, None], extra_in[:, g, None]  # (B, g, 1)
             is_in.append((r < c_in) | ((r >= c_in + c_tgt) & (r < c_in + c_tgt + c_ex)))
             is_tgt.append((r >= c_in) & (r < c_in + c_tgt))
-        if len(cols) == 1 and self.shuffle_in_order:  # e.g. four 8x8 grids, side by side
+        if not cols:  # only span-masked modalities
+            cols, is_in = torch.zeros(B, 0, dtype=torch.long), torch.zeros(B, 0, dtype=torch.bool)
+            is_tgt = is_in
+        elif len(cols) == 1 and self.shuffle_in_order:  # e.g. four 8x8 grids, side by side
             cols, is_in, is_tgt = cols[0].flatten(1), is_in[0].flatten(1), is_tgt[0].flatten(1)
         else:
             cols, is_in, is_tgt = (torch.cat([x.flatten(1) for x in xs], 1)[:, self.shuffle_slots]
@@ -622,20 +640,21 @@ class FourMData:
         share = c_tgt.double() / (c_in + c_tgt).clamp_min(1).double()
         num_masked = torch.round(share * length).long()
         keys = keyed_sort_keys(seeds, 3, S * (2 * N + 2)).view(B * S, 2 * N + 2)
-        mask = span_mask_batch(length.flatten(), num_masked.flatten(), keys, num_sentinels.repeat(B))
-        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq.flatten(0, 1), mask, length.flatten(),
-                                                       first_sentinel.repeat(B)[:, None], eos.repeat(B)[:, None])
+        if B not in self._span_rows:
+            self._span_rows[B] = (num_sentinels.repeat(B), first_sentinel.repeat(B)[:, None], eos.repeat(B)[:, None])
+        num_sentinels, first_sentinel, eos = self._span_rows[B]  # (B * S,) one per sample and modality
+        mask = span_mask_batch(length.flatten(), num_masked.flatten(), keys, num_sentinels)
+        inp, in_len, tgt, tgt_len = span_corrupt_batch(seq.flatten(0, 1), mask, length.flatten(), first_sentinel, eos)
         return (inp.view(B, S, -1), torch.minimum(in_len.view(B, S), c_in),
                 tgt.view(B, S, -1), torch.minimum(tgt_len.view(B, S), c_tgt))
 
-    def hand_over(self, seeds, spans, in_counts, tgt_counts, img_in, img_tgt, split_state):
+    def hand_over(self, u, spans, in_counts, tgt_counts, img_in, img_tgt, split_state):
         """The input and target budget a short sequence leaves unused -> extra (B, M) input and target counts
         for the image modalities, split by the sample's own Dirichlet weights among the modalities that may take
-        them (not dropped, alpha > 0), from positions no input or target holds yet."""
+        them (not dropped, alpha > 0), from positions no input or target holds yet. u (B, 2M): rounding ties."""
         w_in, avail_in, w_tgt, avail_tgt = split_state
         left_in = (in_counts * self.span).sum(1) - spans[1].sum(1)  # (B,)
         left_tgt = (tgt_counts * self.span).sum(1) - spans[3].sum(1)
-        u = keyed_uniform(seeds, 9, 2 * len(self.names))
         img = ~self.span
         free = self.num_tokens - img_in - img_tgt
         extra_in = split_budget(left_in, w_in, torch.where(img & (avail_in > 0), free, 0), u[:, :len(self.names)])
@@ -667,8 +686,7 @@ class FourMData:
         """Scene rows (B, T) and column indices (B, n) with -1 as padding -> the model's tensors (B, n)."""
         pad = cols < 0
         cols = cols.clamp_min(0)
-        mod = self.col_mod[cols]
-        batch = {f'{prefix}_pos': torch.where(pad, 0, cols - self.first_t[mod]), f'{prefix}_mod': mod, f'{prefix}_pad': pad}
+        batch = {f'{prefix}_pos': self.col_pos[cols], f'{prefix}_mod': self.col_mod[cols], f'{prefix}_pad': pad}
         tok = scene.gather(1, cols)
         if targets:
             batch['targets'] = torch.where(pad, -1, tok)
@@ -856,7 +874,8 @@ def span_mask_batch(length, num_masked, keys, max_spans, mean_span=3):
     g = torch.arange(N + 2)
     valid = (g >= 1) & (g <= (length - k + 1)[:, None])  # (B, N + 2) gap cuts: 1..length-k+1
     cut_gap = valid & (ranks(torch.where(valid, keys[:, N:], LAST)) < s[:, None])
-    c = torch.where(cut_gap, g, N + 2).sort(1).values  # (B, N + 2) the gap cuts in order, first
+    nth = torch.where(cut_gap, cut_gap.cumsum(1) - 1, N + 2)  # which cut each one is
+    c = torch.zeros(B, N + 3, dtype=torch.long).scatter_(1, nth, g.expand(B, -1))  # (B, N + 3) the gap cuts in order
     span = cut_len.long().cumsum(1)  # (B, N) span of the j-th masked token
     pos = j + c.gather(1, span.clamp_max(N + 1)) - 1
     pos = torch.where(j < k[:, None], pos, N)  # N: a dummy column
@@ -872,7 +891,8 @@ def span_corrupt_batch(seq, mask, length, first_sentinel, eos):
     real = torch.arange(N) < length[:, None]
     emit = real & (~mask | start)  # the input keeps unmasked tokens, and one sentinel per span
     dest = torch.where(emit, emit.long().cumsum(1) - 1, N + 1)
-    inp = (torch.zeros((B, N + 2), dtype=seq.dtype) + eos).scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
+    inp = torch.zeros((B, N + 2), dtype=seq.dtype) + eos
+    inp = inp.scatter_(1, dest, torch.where(mask, sentinel, seq))[:, :N + 1]
     in_len = emit.sum(1) + 1  # with <eos>
     n_out = mask.long() + start.long()  # the target holds a span's sentinel, then its tokens
     at = n_out.cumsum(1) - n_out
@@ -1049,7 +1069,8 @@ def load_tokens(dataset, split):
 def load_data(dataset, model_type, block_size, options=None):
     """The batch maker for a dataset and model family: an object with
     .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
-    the model's forward() arguments, and .model_args, the ModelConfig fields the data fixes. `options` is
+    the model's forward() arguments (rank's slice of the global batch; generator is a torch.Generator, from which
+    one key is drawn, or an int key, see make_key), and .model_args, the ModelConfig fields the data fixes. `options` is
     the training config; image batch makers read mask_schedule, cond_drop, image_modality and cond_modality."""
     options = options or {}
     kind = load_meta(dataset).get('kind')

@@ -206,10 +206,10 @@ def test_masking_distribution(synth):
     seeds = sample_seeds(3, torch.arange(20000))
     for a in (0.05, 0.3, 1.0, 5.0):
         alpha = torch.full((20000, 1), a, dtype=torch.float64)
-        g = log_gamma(alpha, keyed_uniform(seeds, int(a * 100), K).view(-1, K, 1)).exp()
+        g = log_gamma(alpha, keyed_uniform(seeds, int(a * 100), K).view(-1, 1, K)).exp()
         assert abs(g.mean().item() - a) < 4 * math.sqrt(a / 20000) and abs(g.var().item() - a) < 0.15 * a
     alpha = torch.tensor([[0.3, 1.0, 3.0]], dtype=torch.float64).expand(20000, 3)
-    w = dirichlet_weights(alpha, keyed_uniform(seeds, 7, 3 * K).view(-1, K, 3))
+    w = dirichlet_weights(alpha, keyed_uniform(seeds, 7, 3 * K).view(-1, 3, K))
     assert torch.allclose(w.sum(1), torch.ones(20000, dtype=torch.float64))
     assert torch.allclose(w.mean(0), alpha[0] / alpha[0].sum(), atol=0.01)
 
