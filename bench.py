@@ -236,15 +236,20 @@ def read_config(path):
     return configure({}, argv=[path], keys=[], allow_new=True)
 
 
-def batch_rate(data, batch_size, world_size):
-    """Samples/s of one rank's get_batch at this world size (best of 3 runs of data_batches batches)."""
+def batch_rate(data, batch_size, world_size, chunk=1):
+    """Samples/s of one rank's batch construction at this world size (best of 3 runs of data_batches batches), one
+    batch per call, or `chunk` per get_batches call as BatchPrefetcher builds them."""
     data.get_batch('train', batch_size, 0, 0, world_size)  # loads the split
     best = math.inf
     for run in range(3):
         t0 = time.perf_counter()
-        for i in range(data_batches):
-            data.get_batch('train', batch_size, 1000 * run + i, i % world_size, world_size)
-        best = min(best, (time.perf_counter() - t0) / data_batches)
+        for i in range(0, data_batches, chunk):
+            keys = [1000 * run + i + j for j in range(chunk)]
+            if chunk == 1:
+                data.get_batch('train', batch_size, keys[0], i % world_size, world_size)
+            else:
+                data.get_batches('train', batch_size, keys, i % world_size, world_size)
+        best = min(best, (time.perf_counter() - t0) / (len(range(0, data_batches, chunk)) * chunk))
     return batch_size / best
 
 
@@ -279,11 +284,13 @@ def bench_data(device_name, autocast):
         B = cfg['batch_size']
         torch.set_num_threads(1)
         rates = [batch_rate(data, B, ws) for ws in (1, 8)]
+        chunked = [batch_rate(data, B, ws, chunk=4) for ws in (1, 8)]
         b = data.get_batch('train', 512, 7)
         pad_in, pad_tgt = b['enc_pad'].float().mean().item(), b['dec_pad'].float().mean().item()
         torch.set_num_threads(threads)
         model, params = model_rate(data, cfg, B, device_name, autocast)
-        print(f"{path:22s} 4M batch {B}: world size 1 {rates[0]:8,.0f}, world size 8 {rates[1]:8,.0f} samples/s/rank | "
+        print(f"{path:22s} 4M batch {B}: world size 1 {rates[0]:8,.0f}, world size 8 {rates[1]:8,.0f} samples/s/rank; "
+              f"4 batches per call (BatchPrefetcher) {chunked[0]:8,.0f} / {chunked[1]:8,.0f} | "
               f"model {params / 1e6:.1f}M params trains {model:,.1f} samples/s | padding: inputs {pad_in:.1%}, "
               f"targets {pad_tgt:.1%}")
     cfg = read_config('config/clevr_maskgit.py')

@@ -589,9 +589,15 @@ class FourMData:
     def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
         """This rank's slice (samples rank * batch_size ...) of the global batch of `generator`: a torch.Generator
         (one key is drawn from it, alike on every rank) or an int batch key (see make_key)."""
+        return self.get_batches(split, batch_size, [generator], rank, world_size)[0]
+
+    def get_batches(self, split, batch_size, keys, rank=0, world_size=1):
+        """[get_batch(split, batch_size, key, rank, world_size) for key in keys], built as one batch: most of a
+        batch's cost is a fixed number of small ops, so BatchPrefetcher builds several micro-batches per call."""
         scenes = self.scenes(split)
-        seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
-        B = batch_size
+        index = rank * batch_size + torch.arange(batch_size)  # this rank's samples of each global batch
+        seeds = torch.cat([sample_seeds(batch_key(key), index) for key in keys])  # (B,) = (len(keys) * batch_size,)
+        B = len(seeds)
         in_counts, tgt_counts, split_state, u = self.draw_counts(seeds)
         scene = scenes[(u[:, 3] * len(scenes)).long()].long()  # (B, T) the sample's scene row
         spans = self.span_pieces(seeds, scene, in_counts[:, self.span_ids], tgt_counts[:, self.span_ids]) \
@@ -625,7 +631,8 @@ class FourMData:
         batch = {**self.columns_to_batch(scene, enc_cols, 'enc'), **self.columns_to_batch(scene, dec_cols, 'dec', True)}
         if spans is not None:
             self.add_spans(batch, spans, is_in.sum(1), is_tgt.sum(1))
-        return {k: v[:, :-1] for k, v in batch.items()}  # without the dummy column
+        batch = {k: v[:, :-1] for k, v in batch.items()}  # without the dummy column
+        return [{k: v[i * batch_size:(i + 1) * batch_size] for k, v in batch.items()} for i in range(len(keys))]
 
     def span_pieces(self, seeds, scene, c_in, c_tgt):
         """Span-mask every span-masked modality of the batch at once, as (B, S, N) rows padded to the longest
@@ -708,11 +715,14 @@ class BatchPrefetcher:
         prefetcher.close()
 
     `keys` is an iterable of batch keys (ints, see make_key) or a callable i -> key for i = 0, 1, 2, ...;
-    `ahead` bounds the queue (memory: ahead + 1 batches). An exception in the thread is raised by next()."""
+    `ahead` bounds the queue (memory: ahead + chunk batches). With a data object that has get_batches (4M), `chunk`
+    batches are built per call: the same batches, at a fraction of the per-batch cost of small ops. An exception in
+    the thread is raised by next()."""
 
-    def __init__(self, data, split, batch_size, keys, rank=0, world_size=1, ahead=3, pin_memory=False):
+    def __init__(self, data, split, batch_size, keys, rank=0, world_size=1, ahead=4, pin_memory=False, chunk=4):
         self.data, self.split, self.batch_size, self.rank, self.world_size = data, split, batch_size, rank, world_size
         self.keys = map(keys, itertools.count()) if callable(keys) else iter(keys)
+        self.chunk = chunk if hasattr(data, 'get_batches') else 1
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.queue = queue.Queue(maxsize=ahead)
         self.stop = threading.Event()
@@ -731,12 +741,32 @@ class BatchPrefetcher:
 
     def _work(self):
         try:
-            for key in self.keys:
-                batch = self.data.get_batch(self.split, self.batch_size, key, self.rank, self.world_size)
-                if self.pin_memory:
-                    batch = {k: v.pin_memory() for k, v in batch.items()}
-                if not self._put(batch):
-                    return
+            while True:
+                keys, error = [], None
+                try:  # up to `chunk` keys; a failing key source still gets the batches before it built
+                    for _ in range(self.chunk):
+                        keys.append(next(self.keys))
+                except StopIteration:
+                    pass
+                except BaseException as e:
+                    error = e
+                if not keys and error is None:
+                    break
+                if not keys:
+                    batches = []
+                elif self.chunk > 1:
+                    batches = self.data.get_batches(self.split, self.batch_size, keys, self.rank, self.world_size)
+                else:
+                    batches = [self.data.get_batch(self.split, self.batch_size, keys[0], self.rank, self.world_size)]
+                for batch in batches:
+                    if self.pin_memory:
+                        batch = {k: v.pin_memory() for k, v in batch.items()}
+                    if not self._put(batch):
+                        return
+                if error is not None:
+                    raise error
+                if len(keys) < self.chunk:
+                    break
             self._put(StopIteration())
         except BaseException as e:  # handed to the caller by next()
             self._put(e)
