@@ -26,7 +26,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common import (CheckpointError, load_checkpoint, lookup_peak_flops, lr_schedule, pick_device, pick_dtype,
                     save_checkpoint)
 from configurator import ConfigError, configure
-from data import BatchPrefetcher, DataError, load_data, make_key
+from data import BatchPrefetcher, DataError, load_data
+from masking import make_key
 from model import ModelConfig, build_model, flops_per_token, num_params
 from optim import configure_optimizer
 
@@ -171,7 +172,7 @@ def main():
     except DataError as e:
         sys.exit(f"data error: {e}")
     # every batch's randomness is keyed by (seed, iteration, micro-step) and each sample's by its index in the global
-    # batch (data.make_key): a rank builds only its own slice, 2 ranks x b see exactly what 1 rank x 2b sees, and a
+    # batch (masking.make_key): a rank builds only its own slice, 2 ranks x b see exactly what 1 rank x 2b sees, and a
     # resumed run continues the data stream from iter_num alone
 
     model_args = {f.name: config[f.name] for f in fields(ModelConfig)}

@@ -21,7 +21,7 @@ train_modalities = ('rgb', 'depth', 'normals', 'semseg', 'caption', 'boxes')
 grid_conv = 2                 # 3x3 convs over the visible image tokens' shared 8x8 grid (model.GridMixer)
 seq_masking = 'span'          # 'random': the course reference's treatment of sequences (random tokens, in parallel)
 input_drop = 0.1
-input_budget = (64, 64)       # fixed budgets: no padding, every position does work
+input_budget = (64, 64)       # fixed budgets; dropped inputs and short captions hand theirs on (~1% input padding)
 target_budget = (64, 64)
 # a mixture of seven: mixed inputs; inputs mostly from one modality; three times all of rgb in and one dense
 # modality out (semseg twice as likely); twice all of rgb in and caption + boxes out (alphas per modality, in

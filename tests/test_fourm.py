@@ -95,7 +95,7 @@ def coded(data_root):
 def test_batch_holds_the_right_tokens(coded, seq_masking):
     """Every input and target token is the scene row's token at its (modality, position); all tokens of a sample
     come from one scene; span-masked captions reconstruct that scene's caption."""
-    from data import span_reconstruct
+    from masking import span_reconstruct
     name, caption = coded
     data = make_data(name, seq_masking=seq_masking, input_budget=(4, 12), target_budget=(4, 12), input_drop=0.2,
                      dirichlet_alphas=(0.3, 1.0, (1.0, 1.0, 0.0)))
@@ -190,7 +190,7 @@ def test_input_drop_hands_the_budget_to_the_other_modalities(synth):
 def test_masking_distribution(synth):
     """Over many samples: a symmetric alpha gives equal mean input counts; a tiny alpha puts a sample's inputs in
     one modality; alpha 0 never gets tokens; Gamma and Dirichlet draws have the right means."""
-    from data import dirichlet_weights, keyed_uniform, log_gamma, sample_seeds, GAMMA_CANDIDATES
+    from masking import dirichlet_weights, GAMMA_CANDIDATES, keyed_uniform, log_gamma, sample_seeds
     K = 2 * GAMMA_CANDIDATES + 1
     data = make_data(synth, input_budget=(8, 8), target_budget=(4, 4), dirichlet_alphas=((1.0, 1.0, 0.0),))
     b = data.get_batch('train', 3000, 1)
@@ -215,7 +215,7 @@ def test_masking_distribution(synth):
 
 
 def test_split_budget():
-    from data import split_budget
+    from masking import split_budget
     def split(budget, weights, available):
         n = len(budget)
         return split_budget(torch.tensor(budget), torch.tensor(weights, dtype=torch.float64),
@@ -241,8 +241,8 @@ def test_split_budget():
 def test_span_batch_matches_the_scalar_reference():
     """span_mask_batch draws span masks as span_mask does (counts, number of spans, inside the real length), and
     span_corrupt_batch gives span_corrupt's input and target ids for the same masks."""
-    from data import (keyed_sort_keys, sample_seeds, span_corrupt, span_corrupt_batch, span_mask, span_mask_batch,
-                      span_reconstruct)
+    from masking import (keyed_sort_keys, sample_seeds, span_corrupt, span_corrupt_batch, span_mask, span_mask_batch,
+                         span_reconstruct)
     B, N, first_sentinel, eos = 3000, 20, 100, 1
     g = torch.Generator().manual_seed(0)
     length = torch.randint(0, N + 1, (B,), generator=g)
@@ -271,7 +271,7 @@ def test_span_batch_matches_the_scalar_reference():
 
 
 def test_keyed_randomness():
-    from data import batch_key, hash32, keyed_uniform, make_key, sample_seeds
+    from masking import batch_key, hash32, keyed_uniform, make_key, sample_seeds
     x = torch.arange(0, 2 ** 32, 2 ** 20 - 3)
     h = hash32(x)
     assert (h >= 0).all() and (h < 2 ** 32).all() and len(set(h.tolist())) == len(x)  # a bijection: no collisions
@@ -284,7 +284,8 @@ def test_keyed_randomness():
 
 
 def test_prefetcher_gives_the_batches_get_batch_gives(synth):
-    from data import BatchPrefetcher, make_key
+    from data import BatchPrefetcher
+    from masking import make_key
     data = make_data(synth, input_budget=(1, 20), target_budget=(1, 20), seq_masking='span')
     keys = [make_key(0, i) for i in range(6)]
     for source in (keys, lambda i: keys[i]):
@@ -497,7 +498,7 @@ def test_torchrun_two_ranks_4m(synth, data_root, tmp_path):
 # 4M as in the paper: span masking, autoregressive sequences, CFG, specialists
 
 def test_span_masking_round_trip():
-    from data import span_corrupt, span_mask, span_reconstruct
+    from masking import span_corrupt, span_mask, span_reconstruct
     rng = np.random.default_rng(0)
     first_sentinel, eos = 100, 1
     for _ in range(300):
@@ -537,7 +538,7 @@ def test_span_batches_teacher_forcing_and_ranks(synth):
             assert tgt[0] >= first_sentinel  # a target starts with a sentinel
             assert b['dec_tokens'][i, idx].tolist() == [-1] + tgt[:-1].tolist()  # shifted by one: teacher forcing
     # a full caption round trip through span_pieces, with budgets large enough not to cut it
-    from data import sample_seeds, span_reconstruct
+    from masking import sample_seeds, span_reconstruct
     row = torch.tensor([[0] * 32 + [2, 3, 4, 5, 6, 1]] * 5)  # rgb, depth, then the caption; 5 samples
     six = torch.full((5,), 6)  # mask ratio 6 / 12: 2 of the 5 words, in budgets that fit input and target whole
     assert data.span_ids == [cap]

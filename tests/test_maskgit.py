@@ -223,7 +223,7 @@ def test_image_batches(tiny_images, family):
     else:
         # exactly ceil(cos(pi/2 r) * L) masked per sample, r each sample's third keyed uniform (after the index and
         # the drop draw), under the one key the batch takes from the generator
-        from data import batch_key, keyed_uniform, sample_seeds
+        from masking import batch_key, keyed_uniform, sample_seeds
         key = batch_key(torch.Generator().manual_seed(3))
         r = keyed_uniform(sample_seeds(key, torch.arange(64)), 0, 3)[:, 2].float()
         expected = torch.ceil(torch.cos(0.5 * math.pi * r) * 49).long().clamp(1, 49)
