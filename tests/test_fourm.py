@@ -14,24 +14,33 @@ from conftest import run
 WORDS = ['<pad>', '<eos>'] + [f'w{i}' for i in range(8)]
 
 
-def write_synthetic(root, name='synth4m', num_train=512, num_val=64):
-    """Three aligned modalities with learnable relations: 'rgb' a random 4x4 grid (vocab 8), 'depth' = rgb + 1
-    mod 8, and a 'caption' of 6 words naming the first 5 rgb tokens, then <eos>."""
+def save_multimodal(root, name, splits, image_vocab):
+    """splits {split: {'rgb': (n, 16), 'depth': (n, 16), 'caption': (n, 6)}} -> data/<name>/ with its meta.json: two
+    4x4 image modalities of vocabulary image_vocab and a 6-word caption."""
     d = os.path.join(root, name)
-    rng = np.random.default_rng(0)
-    for split, n in (('train', num_train), ('val', num_val)):
+    for split, arrays in splits.items():
         os.makedirs(os.path.join(d, split), exist_ok=True)
-        rgb = rng.integers(0, 8, (n, 16))
-        caption = np.concatenate([rgb[:, :5] + 2, np.ones((n, 1), dtype=np.int64)], axis=1)
-        for mod, arr in (('rgb', rgb), ('depth', (rgb + 1) % 8), ('caption', caption)):
+        for mod, arr in arrays.items():
             np.save(os.path.join(d, split, f'{mod}.npy'), arr.astype(np.int16))
-    meta = {'kind': 'multimodal', 'train_scenes': num_train, 'val_scenes': num_val, 'modalities': {
-        'rgb': {'kind': 'image', 'num_tokens': 16, 'vocab_size': 8, 'grid': [4, 4], 'tokenizer': None},
-        'depth': {'kind': 'image', 'num_tokens': 16, 'vocab_size': 8, 'grid': [4, 4], 'tokenizer': None},
-        'caption': {'kind': 'sequence', 'num_tokens': 6, 'vocab_size': len(WORDS), 'grid': [1, 6], 'words': WORDS}}}
+    image = {'kind': 'image', 'num_tokens': 16, 'vocab_size': image_vocab, 'grid': [4, 4], 'tokenizer': None}
+    meta = {'kind': 'multimodal', 'train_scenes': len(splits['train']['rgb']), 'val_scenes': len(splits['val']['rgb']),
+            'modalities': {'rgb': image, 'depth': image, 'caption': {
+                'kind': 'sequence', 'num_tokens': 6, 'vocab_size': len(WORDS), 'grid': [1, 6], 'words': WORDS}}}
     with open(os.path.join(d, 'meta.json'), 'w') as f:
         json.dump(meta, f)
     return name
+
+
+def write_synthetic(root, name='synth4m', num_train=512, num_val=64):
+    """Three aligned modalities with learnable relations: 'rgb' a random 4x4 grid (vocab 8), 'depth' = rgb + 1
+    mod 8, and a 'caption' of 6 words naming the first 5 rgb tokens, then <eos>."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (('train', num_train), ('val', num_val)):
+        rgb = rng.integers(0, 8, (n, 16))
+        caption = np.concatenate([rgb[:, :5] + 2, np.ones((n, 1), dtype=np.int64)], axis=1)
+        splits[split] = {'rgb': rgb, 'depth': (rgb + 1) % 8, 'caption': caption}
+    return save_multimodal(root, name, splits, image_vocab=8)
 
 
 @pytest.fixture(scope='module')
@@ -64,25 +73,15 @@ def write_coded(root, name='coded4m', num_train=40):
     """Tokens that say where they come from: image token = 64 * scene + 16 * modality + position (vocab 4096, so
     each is unique), and a caption per scene of 1 + scene % 5 words (word ids from the scene and position), then
     <eos> and <pad>. A batch token can then be checked against its (scene, modality, position)."""
-    d = os.path.join(root, name)
     s = np.arange(num_train)[:, None]
     p = np.arange(16)[None]
-    rgb, depth = 64 * s + p, 64 * s + 16 + p
     caption = np.zeros((num_train, 6), dtype=np.int64)  # <pad>
     for i in range(num_train):
         n = 1 + i % 5
         caption[i, :n] = [2 + (3 * i + j) % 8 for j in range(n)]
         caption[i, n] = 1  # <eos>
-    for split in ('train', 'val'):
-        os.makedirs(os.path.join(d, split), exist_ok=True)
-        for mod, arr in (('rgb', rgb), ('depth', depth), ('caption', caption)):
-            np.save(os.path.join(d, split, f'{mod}.npy'), arr.astype(np.int16))
-    meta = {'kind': 'multimodal', 'train_scenes': num_train, 'val_scenes': num_train, 'modalities': {
-        'rgb': {'kind': 'image', 'num_tokens': 16, 'vocab_size': 4096, 'grid': [4, 4], 'tokenizer': None},
-        'depth': {'kind': 'image', 'num_tokens': 16, 'vocab_size': 4096, 'grid': [4, 4], 'tokenizer': None},
-        'caption': {'kind': 'sequence', 'num_tokens': 6, 'vocab_size': len(WORDS), 'grid': [1, 6], 'words': WORDS}}}
-    with open(os.path.join(d, 'meta.json'), 'w') as f:
-        json.dump(meta, f)
+    arrays = {'rgb': 64 * s + p, 'depth': 64 * s + 16 + p, 'caption': caption}
+    save_multimodal(root, name, {'train': arrays, 'val': arrays}, image_vocab=4096)
     return name, caption
 
 
