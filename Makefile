@@ -14,7 +14,8 @@ $(VENV)/.installed: requirements.txt
 setup: $(VENV)/.installed
 
 # the main job: nano4M on 2 CPU cores. Renders CLEVR-like scenes and trains their tokenizers (if missing), trains
-# the 4m CPU recipe, writes chained-generation PNGs and prints the any-to-any scores against baseline and bound.
+# the 4m CPU recipe, writes chained-generation PNGs and prints the any-to-any scorecard: all six directions, each
+# against its prior or chance and the tokenizer bound (the object judge of caption->rgb is trained once per dataset).
 CPU4M := out-nano4m-cpu
 demo: setup
 	@start=$$(date +%s); set -e; \
@@ -24,7 +25,7 @@ demo: setup
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="rgb->depth@temperature=0->normals@temperature=0->semseg@temperature=0" --sample_idx=0 --num_samples=3; \
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="caption->semseg->rgb@scheme=roar,steps=16" --caption="a large red metal cube in the middle left , a small cyan rubber sphere in the front right ."; \
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="rgb->caption@temperature=0->boxes@temperature=0" --sample_idx=0 --num_samples=3; \
-	$(PY) eval.py --mode=4m --out_dir=$(CPU4M) --num_scenes=1000; \
+	$(PY) eval.py --mode=scorecard --out_dir=$(CPU4M) --num_scenes=500; \
 	echo "demo wall time: $$(( $$(date +%s) - start ))s on $$(nproc) cores"
 
 # the first stage: char-level Shakespeare on the GPT CPU recipe, then samples from it

@@ -1,4 +1,4 @@
-"""Issue 8: architecture and optimizer options on the shared blocks, the LSTM and k-gram baselines, Muon."""
+"""Architecture and optimizer options on the shared blocks, the LSTM and k-gram baselines, Muon."""
 import copy
 import math
 import os
