@@ -3,6 +3,7 @@ Scores trained models against baselines and bounds, with judges we train ourselv
 
     python eval.py --mode=classifier        # train the Fashion-MNIST judge once: a small CNN (~1 min CPU)
     python eval.py --mode=fashion_mnist --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
+    python eval.py --mode=flow --flow_dir=out-flow-fashion-mnist-cpu   # the same table with a flow model's rows
 
 fashion_mnist: class-conditional image generators. FID needs Inception weights we cannot install offline, so the
 judge is our own classifier (>= 90% test accuracy), saved as data/<dataset>/classifier.pt:
@@ -13,6 +14,8 @@ judge is our own classifier (>= 90% test accuracy), saved as data/<dataset>/clas
   diversity  mean pairwise feature distance within a class, relative to real test images (1.0 = as diverse)
   images/s   generation throughput at the table's batch (all classes at once), tokens -> pixels excluded
 (sampling speed on its own, MaskGIT vs AR at batch 1 and large batches: bench.py --mode=speed)
+flow rows: a flow model (--flow_dir) sampled with --flow_method (Euler) at every --flow_steps x --flow_cfg; --mode=flow
+is --mode=fashion_mnist (add --maskgit_dir/--gpt_dir for the token families' rows in the same table).
 Reference rows: real validation images (the floor FD can reach) and the test images' own tokens decoded by the
 tokenizer (the 'tokenizer bound': what any generator over these tokens can reach at best).
 
@@ -44,16 +47,21 @@ import torch
 
 from common import CheckpointError, load_model
 from configurator import ConfigError, configure
-from data import DataError, TokenDecoder, dataset_dir, decode_image_tokens, image_view, load_meta, load_tokens
+from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, flow_images, flow_view, image_view,
+                  load_meta, load_tokens)
 from decoding import generate_image_tokens
 from judges import (accuracy, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance, objects_found,
                     predict, score, train_classifier)
 
 # -----------------------------------------------------------------------------
-mode = 'fashion_mnist'      # 'fashion_mnist' | 'classifier' (its judge) | '4m' | 'scorecard' (clevr, any-to-any)
+mode = 'fashion_mnist'      # 'fashion_mnist' | 'flow' (the same) | 'classifier' (its judge) | '4m' | 'scorecard' (clevr)
 dataset = 'fashion_mnist'
 maskgit_dir = ''            # out_dir of a maskgit run ('' skips its rows)
 gpt_dir = ''                # out_dir of a gpt run on the same data
+flow_dir = ''               # out_dir of a flow run on the same data
+flow_steps = (1, 2, 4, 8, 16, 32)  # flow: sampling steps of its rows
+flow_cfg = (1.0, 2.0, 3.0)  # flow: CFG scales of its rows (each steps value at each scale)
+flow_method = 'euler'       # flow: 'euler' | 'heun'
 ckpt = 'ckpt'
 per_class = 50              # generated images per class for the table
 maskgit_steps = (4, 8, 12, 16)
@@ -118,6 +126,22 @@ def fashion_mnist_table():
             rows.append((name, scale, s, len(labels) / dt))
             print(f"  {name:<40} cfg {scale:<4} fidelity {s['fidelity'] * 100:5.1f}%  FD {s['fd']:8.2f}  "
                   f"diversity {s['diversity']:.2f}  {len(labels) / dt:8.1f} images/s", flush=True)
+    if flow_dir:  # pixels straight out of the model: no tokenizer between it and the judge
+        model, checkpoint = load_model(flow_dir, ckpt, device)
+        if model.config.model_type != 'flow':
+            raise DataError(f"--flow_dir={flow_dir} holds a {model.config.model_type} model, not a flow model")
+        view = flow_view(checkpoint.get('data_meta') or meta)
+        for steps in flow_steps:
+            for scale in flow_cfg:
+                gen = torch.Generator().manual_seed(seed)
+                t0 = time.perf_counter()
+                x = model.generate(labels.to(device), steps, flow_method, scale, gen)
+                dt = time.perf_counter() - t0
+                s = score(clf, flow_images(dataset, view, x), labels, real_feats, real_div)
+                name = f'flow, {flow_method} {steps}'
+                rows.append((name, scale, s, len(labels) / dt))
+                print(f"  {name:<40} cfg {scale:<4} fidelity {s['fidelity'] * 100:5.1f}%  FD {s['fd']:8.2f}  "
+                      f"diversity {s['diversity']:.2f}  {len(labels) / dt:8.1f} images/s", flush=True)
     print()
     print("| scheme | CFG scale | fidelity | FD (classifier features) | diversity | images/s |")
     print("|---|---|---|---|---|---|")
@@ -449,7 +473,7 @@ def main():
     try:
         if mode == 'classifier':
             train_classifier(dataset, classifier_epochs)
-        elif mode == 'fashion_mnist':
+        elif mode in ('fashion_mnist', 'flow'):
             fashion_mnist_table()
         elif mode == '4m':
             model, checkpoint = load_model(out_dir, ckpt, 'cpu')
@@ -470,7 +494,7 @@ def main():
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, classifier, 4m or scorecard "
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, classifier, 4m or scorecard "
                      f"(sampling speed moved to bench.py --mode=speed)")
     except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")
