@@ -252,7 +252,7 @@ def main():
         try:
             with torch.no_grad():
                 (sample_flow if mode == 'flow' else sample_images)(model, dataset, meta, device_name, generator)
-        except ValueError as e:
+        except (ValueError, DataError) as e:
             sys.exit(f"sample.py: {e}")
         return
     if meta.get('kind') != 'text':
