@@ -19,6 +19,8 @@ is --mode=fashion_mnist (add --maskgit_dir/--gpt_dir for the token families' row
 Reference rows: real validation images (the floor FD can reach) and the test images' own tokens decoded by the
 tokenizer (the 'tokenizer bound': what any generator over these tokens can reach at best).
 
+    python eval.py --mode=flow_clevr --flow_dir=out-flow-clevr-cpu --num_scenes=200   # caption -> rgb objects found
+
     python eval.py --mode=4m --out_dir=out-nano4m-cpu   # one-pass rgb->semseg mIoU and rgb->depth abs-rel
 
 4m: on the val scenes (>= 500), every rgb token is the input and one pass of the decoder predicts all semseg
@@ -148,6 +150,38 @@ def fashion_mnist_table():
     for name, scale, s, ips in rows:
         print(f"| {name} | {scale} | {s['fidelity'] * 100:.1f}% | {s['fd']:.2f} | {s['diversity']:.2f} | "
               f"{'' if ips is None else f'{ips:.1f}'} |")
+
+
+def flow_clevr_objects(model_dir, n=200, steps=16, scales=(1.0, 3.0)):
+    """caption -> rgb of a flow model on clevr: the share of each val scene's objects that the object judge finds
+    with the right colour and shape where the scene has them (the scorecard's caption->rgb metric), for the first n
+    val scenes, next to the real images, the tokenizer bound and another scene's image (the chance floor)."""
+    model, checkpoint = load_model(model_dir, ckpt, device)
+    dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
+    if model.config.model_type != 'flow' or meta.get('kind') != 'multimodal':
+        raise DataError(f"--mode=flow_clevr needs a flow model trained on clevr; {model_dir} holds a "
+                        f"{model.config.model_type} model on {meta.get('kind')} data")
+    view = flow_view(meta, checkpoint['config'].get('image_modality', 'rgb'), 'caption')
+    truth = render_val_truth(dataset, n)
+    judge = load_object_judge(os.path.join(dataset_dir(dataset), 'object_judge.pt'), seed)
+    objects = judged_objects(truth['visible'])
+
+    def found(images):  # (N, H, W, 3), uint8 or [0, 1] -> mean share of objects found
+        return float(np.mean([objects_found(seen, o) for seen, o in zip(judge.judge(images, objects), objects)]))
+    val = load_tokens(dataset, 'val')
+    rows = [('real val images', found(truth['rgb'])),
+            ('val tokens decoded (tokenizer bound)', found(decode_image_tokens(dataset, val['rgb'][:n], view))),
+            ("another scene's image (chance)", found(np.roll(truth['rgb'], 1, 0)))]
+    cond = torch.from_numpy(val['caption'][:n]).to(device)
+    for scale in scales:
+        t0 = time.perf_counter()
+        x = model.generate(cond, steps, flow_method, scale, torch.Generator().manual_seed(seed))
+        dt = time.perf_counter() - t0
+        rows.append((f'flow, {flow_method} {steps}, CFG {scale} ({n / dt:.1f} images/s)', found(flow_images(dataset, view, x))))
+        print(f"  {rows[-1][0]}: {rows[-1][1]:.3f}", flush=True)
+    print(f"\n| caption -> rgb, {n} val scenes | objects with right colour + shape in place |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:.3f} |")
 
 
 # -----------------------------------------------------------------------------
@@ -475,6 +509,8 @@ def main():
             train_classifier(dataset, classifier_epochs)
         elif mode in ('fashion_mnist', 'flow'):
             fashion_mnist_table()
+        elif mode == 'flow_clevr':
+            flow_clevr_objects(flow_dir, min(num_scenes, 1000))
         elif mode == '4m':
             model, checkpoint = load_model(out_dir, ckpt, 'cpu')
             results = fourm_any_to_any_from_rgb(model, checkpoint['config']['dataset'], num_scenes)
@@ -494,7 +530,8 @@ def main():
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, classifier, 4m or scorecard "
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, flow_clevr, classifier, 4m or "
+                     f"scorecard "
                      f"(sampling speed moved to bench.py --mode=speed)")
     except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")
