@@ -263,7 +263,9 @@ def flow_sample(velocity_fn, noise, steps=16, method='euler', cfg_scale=1.0, ret
     """Rectified flow sampling: x_t = (1 − t)·x + t·ε moves along dx/dt = v = ε − x, so starting from noise
     (B, ...) at t = 1 and stepping to t = 0 on a uniform grid gives a sample x.
       'euler'  x ← x + (t_next − t)·v(x, t): one velocity per step (a straight-line flow needs few)
-      'heun'   Euler's guess, then the average of the velocity at both ends (2nd order, two per step)
+      'heun'   Euler's guess, then the average of the velocity at both ends (2nd order, two per step), except
+               the last step to t = 0, which stays Euler as in EDM (Karras et al. 2022): logit-normal training
+               almost never sees t near 0, so the velocity there is the least reliable one to average in
     velocity_fn(x, t (B,), cond_dropped) -> v like x; with cfg_scale != 1 it is also called with
     cond_dropped=True and the two are mixed by cfg_velocity. Returns x at t = 0 (and with return_history the
     list of x after every step, noise first)."""
@@ -285,7 +287,7 @@ def flow_sample(velocity_fn, noise, steps=16, method='euler', cfg_scale=1.0, ret
     for t, t_next in zip(ts[:-1], ts[1:]):
         v = velocity(x, t)
         guess = x + (t_next - t) * v
-        x = guess if method == 'euler' else x + (t_next - t) * 0.5 * (v + velocity(guess, t_next))
+        x = guess if method == 'euler' or t_next == 0.0 else x + (t_next - t) * 0.5 * (v + velocity(guess, t_next))
         if return_history:
             history.append(x.clone())
     return (x, history) if return_history else x

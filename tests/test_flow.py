@@ -97,7 +97,7 @@ def test_exact_velocity_recovers_x(method, steps):
         return noise - x
     out = flow_sample(velocity, noise, steps=steps, method=method)
     assert torch.allclose(out, x, atol=1e-5)
-    assert calls[0] == 1.0 and len(calls) == steps * (2 if method == 'heun' else 1)
+    assert calls[0] == 1.0 and len(calls) == (2 * steps - 1 if method == 'heun' else steps)  # Heun: last step Euler
 
 
 def test_cfg_scale_one_is_the_conditional_model_bit_for_bit():
