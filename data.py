@@ -18,8 +18,8 @@ import zipfile
 import numpy as np
 import torch
 
-from masking import (GAMMA_CANDIDATES, batch_key, compact, dirichlet_weights, keyed_sort_keys, keyed_uniform, masking_ratio,
-                     ranks, sample_seeds, span_corrupt_batch, span_mask_batch, split_budget)
+from masking import (GAMMA_CANDIDATES, batch_key, box_muller, compact, dirichlet_weights, keyed_sort_keys, keyed_uniform,
+                     masking_ratio, ranks, sample_seeds, span_corrupt_batch, span_mask_batch, split_budget)
 
 DATA_ROOT = os.environ.get('NANO4M_DATA', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data'))
 
@@ -255,6 +255,83 @@ class ImageTokenData:
         return {'tokens': tokens, 'mask': mask, 'cond': cond}
 
 
+def fsq_latents(tokens, levels):
+    """FSQ token ids (...) -> the tokenizer's quantised latent (..., D) in [-1, 1], what its decoder reads
+    (tokenizer.FSQ.tokens_to_digits then digits_to_latent, without loading the network)."""
+    levels = torch.tensor(levels, dtype=torch.long)
+    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
+    digits = (torch.as_tensor(tokens, dtype=torch.long)[..., None] // basis) % levels
+    return digits.float() / (levels - 1) * 2 - 1
+
+
+def flow_view(meta, image_modality='rgb', cond_modality='caption'):
+    """What the flow family generates on a dataset: image_view plus the continuous space it works in.
+    'image' datasets (Fashion-MNIST): the pixels, 1 x 28 x 28, scaled to [-1, 1], class-conditional.
+    'multimodal' (clevr): the rgb tokenizer's quantised latent (D x 8 x 8 for 8x8 tokens, FSQ levels mapped to
+    [-1, 1]); the tokenizer's decoder turns a generated latent back into pixels."""
+    view = image_view(meta, image_modality, cond_modality)
+    if meta.get('kind') == 'image':
+        ch, h, w = meta.get('image_shape', [1, 28, 28])
+        return {**view, 'space': 'pixels', 'image_size': h, 'in_channels': ch}
+    spec = meta['modalities'][image_modality]
+    if spec['grid'][0] != spec['grid'][1] or 'levels' not in spec:
+        raise DataError(f"flow needs a square FSQ grid with its levels in meta.json; {image_modality} has "
+                        f"grid {spec['grid']}")
+    return {**view, 'space': 'latent', 'image_size': spec['grid'][0], 'in_channels': len(spec['levels']),
+            'levels': list(spec['levels'])}
+
+
+class FlowData:
+    """Batches for the flow family: x (B, ch, H, W) in [-1, 1] (Fashion-MNIST pixels, or clevr's rgb latents from
+    its FSQ tokens, see flow_view), cond (B, cond_len) ids with 'no condition' (id cond_vocab_size) drawn with
+    probability cond_drop, and the training noise ε (B, ch, H, W) and timestep t (B,) (logit-normal or uniform,
+    t_sampling). Everything random is keyed by the global sample index, so 2 ranks x b see exactly what 1 rank x 2b
+    see and every eval draws the same noise."""
+
+    def __init__(self, dataset, options):
+        self.meta = load_meta(dataset)
+        view = flow_view(self.meta, options.get('image_modality', 'rgb'), options.get('cond_modality', 'caption'))
+        self.cond_drop, self.t_sampling = options.get('cond_drop', 0.1), options.get('t_sampling', 'logit_normal')
+        if self.t_sampling not in ('logit_normal', 'uniform'):
+            raise DataError(f"unknown t_sampling {self.t_sampling!r}: choose logit_normal or uniform")
+        self.cond_vocab_size, P = view['cond_vocab_size'], view['cond_len']
+        d, size, ch = dataset_dir(dataset), view['image_size'], view['in_channels']
+        if view['space'] == 'pixels':  # kept as uint8, scaled per batch
+            self.x = {s: torch.from_numpy(np.load(os.path.join(d, f'{s}_images.npy'))).view(-1, ch, size, size)
+                      for s in ('train', 'val')}
+            self.cond = {s: torch.from_numpy(np.load(os.path.join(d, f'{s}_labels.npy')).astype(np.int64))[:, None]
+                         for s in ('train', 'val')}
+        else:
+            name, cname = view['image_modality'], view['cond_modality']
+            self.x = {s: fsq_latents(np.load(os.path.join(d, s, f'{name}.npy')).reshape(-1, size, size),
+                                     view['levels']).permute(0, 3, 1, 2).contiguous() for s in ('train', 'val')}
+            self.cond = {s: torch.from_numpy(np.load(os.path.join(d, s, f'{cname}.npy')).astype(np.int64)) if cname
+                         else torch.zeros(len(self.x[s]), 1, dtype=torch.long) for s in ('train', 'val')}
+        patch = options.get('patch_size') or (4 if size % 4 == 0 and size > 8 else 1)
+        if size % patch:
+            raise DataError(f"patch_size={patch} does not divide the {size}x{size} {view['space']}: use a divisor of {size}")
+        self.shape = (ch, size, size)
+        self.model_args = {'image_size': size, 'in_channels': ch, 'patch_size': patch,
+                           'cond_vocab_size': self.cond_vocab_size, 'cond_len': P,
+                           'block_size': (size // patch) ** 2 + (P if P > 1 else 0)}
+
+    def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
+        seeds = sample_seeds(batch_key(generator), rank * batch_size + torch.arange(batch_size))  # (B,)
+        u = keyed_uniform(seeds, 0, 4)  # (B, 4): the sample, the condition drop, two for the timestep
+        ix = (u[:, 0] * len(self.x[split])).long()
+        x = self.x[split][ix]
+        x = x.float() / 127.5 - 1 if x.dtype == torch.uint8 else x
+        cond = torch.where(u[:, 1:2] < self.cond_drop, self.cond_vocab_size, self.cond[split][ix])
+        if self.t_sampling == 'uniform':
+            t = u[:, 2]
+        else:  # logit-normal: sigmoid of a standard normal
+            t = torch.sigmoid(box_muller(u[:, 2:3], u[:, 3:4])[:, 0])
+        n = math.prod(self.shape)
+        uu = keyed_uniform(seeds, 1, n + n % 2)  # (B, n rounded up to even) -> as many normals
+        noise = box_muller(uu[:, :uu.size(1) // 2], uu[:, uu.size(1) // 2:])[:, :n]
+        return {'x': x, 'cond': cond, 'noise': noise.float().view(-1, *self.shape), 't': t.float()}
+
+
 @functools.lru_cache(maxsize=8)
 def image_tokenizer(path):
     """A trained tokenizer.py model, loaded once per process."""
@@ -274,6 +351,26 @@ def decode_image_tokens(dataset, tokens, meta=None):
         x = image_tokenizer(os.path.join(dataset_dir(dataset), tok['file'])).decode(tokens)  # (B, C, H, W) in [0, 1]
         return (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
     raise DataError(f"unknown image tokenizer {tok['type']!r} in meta.json")
+
+
+def flow_images(dataset, view, x, snap=True):
+    """Flow samples x (B, ch, H, W) -> uint8 images (B, H', W', C). Pixels in [-1, 1] are rescaled; a latent goes
+    through the dataset's tokenizer decoder, snapped first (snap=True) to the nearest FSQ level, the only values
+    the decoder saw in training."""
+    x = x.detach().float().cpu().clamp(-1, 1)
+    if view['space'] == 'pixels':
+        return ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    path = os.path.join(dataset_dir(dataset), view['tokenizer']['file'])
+    if not os.path.exists(path):
+        raise DataError(f"the tokenizer {path} that decodes {dataset}'s latents is missing: rebuild the dataset "
+                        f"with `python prepare.py {dataset}`")
+    tok = image_tokenizer(path)
+    if snap:
+        steps = (torch.tensor(view['levels'], dtype=torch.float32) - 1).view(1, -1, 1, 1) / 2
+        x = torch.round((x + 1) * steps) / steps - 1
+    with torch.no_grad():
+        y = tok.decoder(x).float().clamp(0, 1)  # (B, C, H', W')
+    return (y.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def save_image_grid(path, images, per_row, scale=2, pad=2):
@@ -837,7 +934,8 @@ def load_data(dataset, model_type, block_size, options=None):
     .get_batch(split, batch_size, generator, rank, world_size) returning a dict of CPU tensors whose keys are
     the model's forward() arguments (rank's slice of the global batch; generator is a torch.Generator, from which
     one key is drawn, or an int key, see make_key), and .model_args, the ModelConfig fields the data fixes. `options` is
-    the training config; image batch makers read mask_schedule, cond_drop, image_modality and cond_modality."""
+    the training config; image batch makers read mask_schedule, cond_drop, image_modality and cond_modality (flow
+    also t_sampling and patch_size)."""
     options = options or {}
     kind = load_meta(dataset).get('kind')
     if kind in ('image', 'multimodal') and model_type in ('gpt', 'maskgit'):
@@ -847,6 +945,8 @@ def load_data(dataset, model_type, block_size, options=None):
         return TextData(dataset, block_size)
     if model_type == '4m':
         return FourMData(dataset, options)
+    if model_type == 'flow' and kind in ('image', 'multimodal'):
+        return FlowData(dataset, options)
     raise DataError(f"no batch maker for model_type {model_type!r} on {kind!r} data")
 
 # -----------------------------------------------------------------------------

@@ -246,3 +246,48 @@ def generate_image_tokens(model, cond, view, steps=8, scheme='maskgit', schedule
     out = iterative_decode(predict_logits, tokens, mask, steps, scheme, schedule, temperature, top_k, top_p,
                            choice_temperature, cfg_scale, generator, return_history)
     return (out[0], out[2]) if return_history else out[0]
+
+# -----------------------------------------------------------------------------
+# flow matching (the flow family): integrate the learned velocity from noise (t = 1) to data (t = 0)
+
+def cfg_velocity(cond_v, uncond_v, scale):
+    """Classifier-free guidance on velocities, v_u + s·(v_c − v_u), written like cfg_logits so that scale 1 is
+    the conditional velocity bit for bit."""
+    if scale == 1.0:
+        return cond_v
+    return cond_v + (scale - 1.0) * (cond_v - uncond_v)
+
+
+@torch.no_grad()
+def flow_sample(velocity_fn, noise, steps=16, method='euler', cfg_scale=1.0, return_history=False):
+    """Rectified flow sampling: x_t = (1 − t)·x + t·ε moves along dx/dt = v = ε − x, so starting from noise
+    (B, ...) at t = 1 and stepping to t = 0 on a uniform grid gives a sample x.
+      'euler'  x ← x + (t_next − t)·v(x, t): one velocity per step (a straight-line flow needs few)
+      'heun'   Euler's guess, then the average of the velocity at both ends (2nd order, two per step), except
+               the last step to t = 0, which stays Euler as in EDM (Karras et al. 2022): logit-normal training
+               almost never sees t near 0, so the velocity there is the least reliable one to average in
+    velocity_fn(x, t (B,), cond_dropped) -> v like x; with cfg_scale != 1 it is also called with
+    cond_dropped=True and the two are mixed by cfg_velocity. Returns x at t = 0 (and with return_history the
+    list of x after every step, noise first)."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: flow sampling needs an integer number of steps >= 1")
+    if method not in ('euler', 'heun'):
+        raise ValueError(f"unknown flow sampling method {method!r}: choose 'euler' or 'heun'")
+
+    def velocity(x, t):
+        tt = torch.full((x.size(0),), t, device=x.device, dtype=torch.float32)
+        v = velocity_fn(x, tt, False)
+        if cfg_scale != 1.0:
+            v = cfg_velocity(v, velocity_fn(x, tt, True), cfg_scale)
+        return v.float()
+
+    x = noise.float()
+    ts = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    history = [x.clone()] if return_history else None
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        v = velocity(x, t)
+        guess = x + (t_next - t) * v
+        x = guess if method == 'euler' or t_next == 0.0 else x + (t_next - t) * 0.5 * (v + velocity(guess, t_next))
+        if return_history:
+            history.append(x.clone())
+    return (x, history) if return_history else x

@@ -3,6 +3,7 @@ Scores trained models against baselines and bounds, with judges we train ourselv
 
     python eval.py --mode=classifier        # train the Fashion-MNIST judge once: a small CNN (~1 min CPU)
     python eval.py --mode=fashion_mnist --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
+    python eval.py --mode=flow --flow_dir=out-flow-fashion-mnist-cpu   # the same table with a flow model's rows
 
 fashion_mnist: class-conditional image generators. FID needs Inception weights we cannot install offline, so the
 judge is our own classifier (>= 90% test accuracy), saved as data/<dataset>/classifier.pt:
@@ -13,8 +14,12 @@ judge is our own classifier (>= 90% test accuracy), saved as data/<dataset>/clas
   diversity  mean pairwise feature distance within a class, relative to real test images (1.0 = as diverse)
   images/s   generation throughput at the table's batch (all classes at once), tokens -> pixels excluded
 (sampling speed on its own, MaskGIT vs AR at batch 1 and large batches: bench.py --mode=speed)
+flow rows: a flow model (--flow_dir) sampled with --flow_method (Euler) at every --flow_steps x --flow_cfg; --mode=flow
+is --mode=fashion_mnist (add --maskgit_dir/--gpt_dir for the token families' rows in the same table).
 Reference rows: real validation images (the floor FD can reach) and the test images' own tokens decoded by the
 tokenizer (the 'tokenizer bound': what any generator over these tokens can reach at best).
+
+    python eval.py --mode=flow_clevr --flow_dir=out-flow-clevr-cpu --num_scenes=200   # caption -> rgb objects found
 
     python eval.py --mode=4m --out_dir=out-nano4m-cpu   # one-pass rgb->semseg mIoU and rgb->depth abs-rel
 
@@ -44,16 +49,21 @@ import torch
 
 from common import CheckpointError, load_model
 from configurator import ConfigError, configure
-from data import DataError, TokenDecoder, dataset_dir, decode_image_tokens, image_view, load_meta, load_tokens
+from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, flow_images, flow_view, image_view,
+                  load_meta, load_tokens)
 from decoding import generate_image_tokens
 from judges import (accuracy, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance, objects_found,
                     predict, score, train_classifier)
 
 # -----------------------------------------------------------------------------
-mode = 'fashion_mnist'      # 'fashion_mnist' | 'classifier' (its judge) | '4m' | 'scorecard' (clevr, any-to-any)
+mode = 'fashion_mnist'      # 'fashion_mnist' | 'flow' (the same) | 'classifier' (its judge) | '4m' | 'scorecard' (clevr)
 dataset = 'fashion_mnist'
 maskgit_dir = ''            # out_dir of a maskgit run ('' skips its rows)
 gpt_dir = ''                # out_dir of a gpt run on the same data
+flow_dir = ''               # out_dir of a flow run on the same data
+flow_steps = (1, 2, 4, 8, 16, 32)  # flow: sampling steps of its rows
+flow_cfg = (1.0, 2.0, 3.0)  # flow: CFG scales of its rows (each steps value at each scale)
+flow_method = 'euler'       # flow: 'euler' | 'heun'
 ckpt = 'ckpt'
 per_class = 50              # generated images per class for the table
 maskgit_steps = (4, 8, 12, 16)
@@ -118,12 +128,60 @@ def fashion_mnist_table():
             rows.append((name, scale, s, len(labels) / dt))
             print(f"  {name:<40} cfg {scale:<4} fidelity {s['fidelity'] * 100:5.1f}%  FD {s['fd']:8.2f}  "
                   f"diversity {s['diversity']:.2f}  {len(labels) / dt:8.1f} images/s", flush=True)
+    if flow_dir:  # pixels straight out of the model: no tokenizer between it and the judge
+        model, checkpoint = load_model(flow_dir, ckpt, device)
+        if model.config.model_type != 'flow':
+            raise DataError(f"--flow_dir={flow_dir} holds a {model.config.model_type} model, not a flow model")
+        view = flow_view(checkpoint.get('data_meta') or meta)
+        for steps in flow_steps:
+            for scale in flow_cfg:
+                gen = torch.Generator().manual_seed(seed)
+                t0 = time.perf_counter()
+                x = model.generate(labels.to(device), steps, flow_method, scale, gen)
+                dt = time.perf_counter() - t0
+                s = score(clf, flow_images(dataset, view, x), labels, real_feats, real_div)
+                name = f'flow, {flow_method} {steps}'
+                rows.append((name, scale, s, len(labels) / dt))
+                print(f"  {name:<40} cfg {scale:<4} fidelity {s['fidelity'] * 100:5.1f}%  FD {s['fd']:8.2f}  "
+                      f"diversity {s['diversity']:.2f}  {len(labels) / dt:8.1f} images/s", flush=True)
     print()
     print("| scheme | CFG scale | fidelity | FD (classifier features) | diversity | images/s |")
     print("|---|---|---|---|---|---|")
     for name, scale, s, ips in rows:
         print(f"| {name} | {scale} | {s['fidelity'] * 100:.1f}% | {s['fd']:.2f} | {s['diversity']:.2f} | "
               f"{'' if ips is None else f'{ips:.1f}'} |")
+
+
+def flow_clevr_objects(model_dir, n=200, steps=16, scales=(1.0, 3.0)):
+    """caption -> rgb of a flow model on clevr: the share of each val scene's objects that the object judge finds
+    with the right colour and shape where the scene has them (the scorecard's caption->rgb metric), for the first n
+    val scenes, next to the real images, the tokenizer bound and another scene's image (the chance floor)."""
+    model, checkpoint = load_model(model_dir, ckpt, device)
+    dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
+    if model.config.model_type != 'flow' or meta.get('kind') != 'multimodal':
+        raise DataError(f"--mode=flow_clevr needs a flow model trained on clevr; {model_dir} holds a "
+                        f"{model.config.model_type} model on {meta.get('kind')} data")
+    view = flow_view(meta, checkpoint['config'].get('image_modality', 'rgb'), 'caption')
+    truth = render_val_truth(dataset, n)
+    judge = load_object_judge(os.path.join(dataset_dir(dataset), 'object_judge.pt'), seed)
+    objects = judged_objects(truth['visible'])
+
+    def found(images):  # (N, H, W, 3), uint8 or [0, 1] -> mean share of objects found
+        return float(np.mean([objects_found(seen, o) for seen, o in zip(judge.judge(images, objects), objects)]))
+    val = load_tokens(dataset, 'val')
+    rows = [('real val images', found(truth['rgb'])),
+            ('val tokens decoded (tokenizer bound)', found(decode_image_tokens(dataset, val['rgb'][:n], view))),
+            ("another scene's image (chance)", found(np.roll(truth['rgb'], 1, 0)))]
+    cond = torch.from_numpy(val['caption'][:n]).to(device)
+    for scale in scales:
+        t0 = time.perf_counter()
+        x = model.generate(cond, steps, flow_method, scale, torch.Generator().manual_seed(seed))
+        dt = time.perf_counter() - t0
+        rows.append((f'flow, {flow_method} {steps}, CFG {scale} ({n / dt:.1f} images/s)', found(flow_images(dataset, view, x))))
+        print(f"  {rows[-1][0]}: {rows[-1][1]:.3f}", flush=True)
+    print(f"\n| caption -> rgb, {n} val scenes | objects with right colour + shape in place |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:.3f} |")
 
 
 # -----------------------------------------------------------------------------
@@ -449,8 +507,10 @@ def main():
     try:
         if mode == 'classifier':
             train_classifier(dataset, classifier_epochs)
-        elif mode == 'fashion_mnist':
+        elif mode in ('fashion_mnist', 'flow'):
             fashion_mnist_table()
+        elif mode == 'flow_clevr':
+            flow_clevr_objects(flow_dir, min(num_scenes, 1000))
         elif mode == '4m':
             model, checkpoint = load_model(out_dir, ckpt, 'cpu')
             results = fourm_any_to_any_from_rgb(model, checkpoint['config']['dataset'], num_scenes)
@@ -470,7 +530,8 @@ def main():
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, classifier, 4m or scorecard "
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, flow_clevr, classifier, 4m or "
+                     f"scorecard "
                      f"(sampling speed moved to bench.py --mode=speed)")
     except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")

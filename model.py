@@ -68,6 +68,11 @@ class ModelConfig:
                                 # 'span' (T5-style spans with sentinels, decoded autoregressively, as in 4M)
     grid_conv: int = 0          # 3x3 conv layers over the shared image grid of the visible tokens, added to image
                                 # inputs and image target queries (0: none, the paper's 4M); see GridMixer
+    # flow (flow.py, rectified flow with a DiT; 0 = taken from the dataset through data.model_args)
+    image_size: int = 0         # side of the square the flow model generates: pixels, or the tokenizer's latent grid
+    in_channels: int = 0        # its channels (1 for Fashion-MNIST pixels, the FSQ latent's dims for clevr rgb)
+    patch_size: int = 0         # patches of patch_size x patch_size become tokens
+    t_sampling: str = 'logit_normal'  # training timesteps: 'logit_normal' (sigmoid of N(0, 1)) | 'uniform'
 
     @classmethod
     def from_dict(cls, d):
@@ -909,7 +914,7 @@ def flops_per_token(model, seq_len):
 # model_type -> 'module.Class'. A new family is one line here; families outside this file import its blocks, so
 # they are imported when built rather than at the top (no import cycle)
 FAMILIES = {'gpt': 'model.GPT', 'maskgit': 'model.MaskGIT', '4m': 'model.FourM',
-            'lstm': 'baselines.LSTM', 'kgram_mlp': 'baselines.KGramMLP'}
+            'lstm': 'baselines.LSTM', 'kgram_mlp': 'baselines.KGramMLP', 'flow': 'flow.FlowDiT'}
 
 
 def build_model(config):

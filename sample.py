@@ -16,6 +16,13 @@ Images are decoded with the dataset's tokenizer and written as one PNG grid, one
     python sample.py --out_dir=out-clevr-maskgit-cpu --mode=maskgit --sample_idx=0 --num_captions=6 --num_samples=4
     python sample.py --out_dir=out-clevr-gpt-cpu --mode=ar --caption="a large red metal cube in the middle left"
 
+--mode=flow: Euler (or --method=heun) integration of a flow model's velocity from noise, --steps steps, with CFG;
+Fashion-MNIST one row per class, clevr one row per caption (rgb latents decoded by the dataset's tokenizer):
+
+    python sample.py --out_dir=out-flow-fashion-mnist-cpu --mode=flow --steps=16 --cfg_scale=2.0
+    python sample.py --out_dir=out-flow-clevr-cpu --mode=flow --caption="a large red metal cube in the middle left"
+    python sample.py --out_dir=out-flow-fashion-mnist-cpu --mode=flow --return_history=True   # the trajectory strip
+
 --mode=chain: chained any-to-any generation (4m family). Each generated modality joins the inputs of the next step:
 
     python sample.py --mode=chain --out_dir=out-nano4m-cpu --chain="caption->semseg->depth->rgb" --sample_idx=3
@@ -43,12 +50,12 @@ import torch
 
 from common import DTYPES, CheckpointError, load_model, pick_device, pick_dtype
 from configurator import ConfigError, configure
-from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, decode_words, encode_words, image_view,
-                  load_meta, load_tokens, save_image_grid, text_tokenizer)
+from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, decode_words, encode_words, flow_images,
+                  flow_view, image_view, load_meta, load_tokens, save_image_grid, text_tokenizer)
 from decoding import generate_image_tokens
 
 # -----------------------------------------------------------------------------
-mode = 'ar'                 # 'ar' (gpt, lstm, kgram_mlp) | 'maskgit' (maskgit) | 'chain' (4m)
+mode = 'ar'                 # 'ar' (gpt, lstm, kgram_mlp) | 'maskgit' (maskgit) | 'flow' (flow) | 'chain' (4m)
 init_from = 'resume'        # 'resume' (out_dir/<ckpt>.pt) or 'scratch' (an untrained model, for smoke tests)
 out_dir = 'out'
 ckpt = 'ckpt'               # 'ckpt' (latest) or 'best'
@@ -73,9 +80,11 @@ schedule = 'cosine'         # maskgit: how many tokens stay masked after each st
 choice_temperature = 4.5    # maskgit: Gumbel noise on the confidence, annealed to 0 over the steps
 cfg_scale = 1.0             # classifier-free guidance: 1 = plain conditional, 0 = unconditional, > 1 guided
                             # (chain: per-step default; the unconditional prediction has the step's inputs removed)
-return_history = False      # maskgit: also save the decoding process as an image strip
+method = 'euler'            # flow: 'euler' | 'heun' (2nd order, two velocity evaluations per step)
+return_history = False      # maskgit, flow: also save the decoding process (flow: the trajectory) as an image strip
 image_out = ''              # the PNG; '' writes out_dir/samples_<mode>.png
 num_captions = 4            # caption-conditioned images (clevr): rows = val scenes from --sample_idx (or --caption)
+classes = ''                # class-conditioned images: comma-separated class ids or names for the rows ('' = every class)
 # --mode=chain (4m)
 chain = 'caption->semseg->depth->rgb'  # condition(s) '->' generated modalities, each optionally '@key=value,...'
 sample_idx = 0              # first val scene to condition on (and to show as ground truth)
@@ -106,7 +115,16 @@ def image_conditions(dataset, meta, device_name):
     is shown first in each row)."""
     if 'num_classes' in meta:
         names = meta.get('classes', [str(c) for c in range(meta['num_classes'])])
-        return torch.arange(meta['num_classes'], device=device_name)[:, None], names, None
+        ids = list(range(meta['num_classes']))
+        if classes:
+            lookup = {**{str(i): i for i in ids}, **{n.lower(): i for i, n in enumerate(names)}}
+            wanted = [c.strip() for c in classes.split(',') if c.strip()]
+            unknown = [c for c in wanted if c.lower() not in lookup]
+            if unknown or not wanted:
+                raise ValueError(f"--classes={classes!r}: unknown class {', '.join(map(repr, unknown)) or '(none given)'}; "
+                                 f"use ids 0..{len(ids) - 1} or names {', '.join(names)}")
+            ids = [lookup[c.lower()] for c in wanted]
+        return torch.tensor(ids, device=device_name)[:, None], [names[i] for i in ids], None
     spec = {'words': meta['cond_words'], 'num_tokens': meta['cond_len']}
     if caption:
         if not meta['cond_words']:
@@ -152,6 +170,38 @@ def sample_images(model, dataset, meta, device_name, generator):
         print(f"decoding history ({len(history)} steps per row) -> {hpath}")
 
 
+def sample_flow(model, dataset, meta, device_name, generator):
+    """Write num_samples flow samples per condition as a PNG grid (rows as sample_images), and with
+    --return_history the trajectory: x after every step, one row per condition."""
+    if steps < 1:
+        raise ValueError(f"--steps={steps}: flow sampling needs at least one step")
+    if method not in ('euler', 'heun'):
+        raise ValueError(f"--method={method!r}: choose euler or heun")
+    cond, names, truth = image_conditions(dataset, meta, device_name)
+    if truth is None and 'num_classes' not in meta:  # a caption: the tokenizer decodes, so check it is there
+        flow_images(dataset, meta, torch.zeros(1, meta['in_channels'], meta['image_size'], meta['image_size']))
+    t0 = time.time()
+    x, history = model.generate(cond.repeat_interleave(num_samples, dim=0), steps, method, cfg_scale, generator,
+                                return_history=True)
+    dt = time.time() - t0
+    path = image_out or os.path.join(out_dir, f'samples_{mode}.png')
+    images = flow_images(dataset, meta, x)
+    per_row = num_samples
+    if truth is not None:  # each row: the val scene's image, then the generated ones
+        images = np.concatenate([truth[:, None], images.reshape(len(truth), num_samples, *images.shape[1:])], 1)
+        images, per_row = images.reshape(-1, *images.shape[2:]), num_samples + 1
+    save_image_grid(path, images, per_row=per_row)
+    print(f"{len(x)} images ({method}, {steps} steps, cfg_scale {cfg_scale}) in {dt:.2f}s -> {path}"
+          + (" (first column: the val scene's own image)" if truth is not None else '') + "; rows:")
+    print('\n'.join(f'  {n}' for n in names))
+    if return_history:
+        picks = list(range(0, len(x), num_samples))  # the first sample of each row
+        strip = np.stack([flow_images(dataset, meta, h[picks]) for h in history], 1)  # (rows, steps + 1, H, W, C)
+        hpath = path.replace('.png', '_history.png')
+        save_image_grid(hpath, strip.reshape(-1, *strip.shape[2:]), per_row=len(history))
+        print(f"trajectory (noise, then x after each of {steps} steps, per row) -> {hpath}")
+
+
 def main():
     try:
         configure(globals(), keys=_config_keys)
@@ -172,9 +222,10 @@ def main():
             # the checkpoint carries its dataset's meta.json, so decoding never depends on data/ still matching
             dataset = checkpoint['config']['dataset']
             meta = checkpoint.get('data_meta') or load_meta(dataset)
-            if checkpoint['model_config']['model_type'] in ('gpt', 'maskgit') and meta.get('kind') in ('image', 'multimodal'):
+            if checkpoint['model_config']['model_type'] in ('gpt', 'maskgit', 'flow') and meta.get('kind') in ('image', 'multimodal'):
                 cfg = checkpoint['config']
-                meta = image_view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
+                view = flow_view if checkpoint['model_config']['model_type'] == 'flow' else image_view
+                meta = view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
         else:
             raise SystemExit("sample.py: init_from must be 'resume' for now")
     except (CheckpointError, DataError) as e:
@@ -183,9 +234,10 @@ def main():
     model.to(ptdtype) if ptdtype != torch.float32 else None
 
     family = model.config.model_type
-    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',), 'chain': ('4m',)}
+    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',), 'flow': ('flow',), 'chain': ('4m',)}
     if mode not in modes:
-        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp), maskgit (maskgit) or chain (4m)")
+        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp), maskgit (maskgit), flow (flow) "
+                 f"or chain (4m)")
     if family not in modes[mode]:
         other = [m for m, families in modes.items() if family in families]
         sys.exit(f"sample.py: --mode={mode} needs a {' or '.join(modes[mode])} model, but {out_dir} holds a {family} "
@@ -199,8 +251,8 @@ def main():
     if meta.get('kind') == 'image':
         try:
             with torch.no_grad():
-                sample_images(model, dataset, meta, device_name, generator)
-        except ValueError as e:
+                (sample_flow if mode == 'flow' else sample_images)(model, dataset, meta, device_name, generator)
+        except (ValueError, DataError) as e:
             sys.exit(f"sample.py: {e}")
         return
     if meta.get('kind') != 'text':
