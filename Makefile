@@ -25,7 +25,7 @@ demo: setup
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="rgb->depth@temperature=0->normals@temperature=0->semseg@temperature=0" --sample_idx=0 --num_samples=3; \
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="caption->semseg->rgb@scheme=roar,steps=16" --caption="a large red metal cube in the middle left , a small cyan rubber sphere in the front right ."; \
 	$(PY) sample.py --mode=chain --out_dir=$(CPU4M) --chain="rgb->caption@temperature=0->boxes@temperature=0" --sample_idx=0 --num_samples=3; \
-	$(PY) eval.py --mode=scorecard --out_dir=$(CPU4M) --num_scenes=500; \
+	$(PY) eval.py --mode=scorecard --out_dir=$(CPU4M) --num_scenes=300; \
 	echo "demo wall time: $$(( $$(date +%s) - start ))s on $$(nproc) cores"
 
 # the first stage: char-level Shakespeare on the GPT CPU recipe, then samples from it
