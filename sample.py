@@ -143,6 +143,21 @@ def image_conditions(dataset, meta, device_name):
     return torch.from_numpy(cond.astype(np.int64)).to(device_name), names, truth
 
 
+def write_rows(images, truth, names, what, seconds):
+    """num_samples generated images per condition -> one PNG row per condition (names them); for val scenes (truth
+    given) each row starts with the scene's own image. Returns the PNG's path."""
+    path = image_out or os.path.join(out_dir, f'samples_{mode}.png')
+    count, per_row = len(images), num_samples
+    if truth is not None:  # each row: the val scene's image, then the generated ones
+        images = np.concatenate([truth[:, None], images.reshape(len(truth), num_samples, *images.shape[1:])], 1)
+        images, per_row = images.reshape(-1, *images.shape[2:]), num_samples + 1
+    save_image_grid(path, images, per_row=per_row)
+    print(f"{count} images ({what}) in {seconds:.2f}s -> {path}"
+          + (" (first column: the val scene's own image)" if truth is not None else '') + "; rows:")
+    print('\n'.join(f'  {n}' for n in names))
+    return path
+
+
 def sample_images(model, dataset, meta, device_name, generator):
     """Write num_samples images per condition as a PNG grid: one row per class, or per caption (val scenes
     from --sample_idx, ground truth first, or --caption)."""
@@ -152,17 +167,8 @@ def sample_images(model, dataset, meta, device_name, generator):
         model, cond.repeat_interleave(num_samples, dim=0), image_view(meta), steps, scheme, schedule, temperature, top_k or None,
         top_p if top_p < 1.0 else None, choice_temperature, cfg_scale, generator, return_history=True, kv_cache=kv_cache)
     dt = time.time() - t0
-    path = image_out or os.path.join(out_dir, f'samples_{mode}.png')
-    images = decode_image_tokens(dataset, tokens, meta)
-    per_row = num_samples
-    if truth is not None:  # each row: the val scene's image, then the generated ones
-        images = np.concatenate([truth[:, None], images.reshape(len(truth), num_samples, *images.shape[1:])], 1)
-        images, per_row = images.reshape(-1, *images.shape[2:]), num_samples + 1
-    save_image_grid(path, images, per_row=per_row)
     what = f"{steps} steps, scheme {scheme}" if mode == 'maskgit' else f"autoregressive, kv_cache={kv_cache}"
-    print(f"{len(tokens)} images ({what}, cfg_scale {cfg_scale}) in {dt:.2f}s -> {path}"
-          + (" (first column: the val scene's own image)" if truth is not None else '') + "; rows:")
-    print('\n'.join(f'  {n}' for n in names))
+    path = write_rows(decode_image_tokens(dataset, tokens, meta), truth, names, f"{what}, cfg_scale {cfg_scale}", dt)
     if return_history and history:
         strip = history_strip(dataset, meta, history, picks=range(0, len(tokens), num_samples))  # one per row
         hpath = path.replace('.png', '_history.png')
@@ -184,16 +190,7 @@ def sample_flow(model, dataset, meta, device_name, generator):
     x, history = model.generate(cond.repeat_interleave(num_samples, dim=0), steps, method, cfg_scale, generator,
                                 return_history=True)
     dt = time.time() - t0
-    path = image_out or os.path.join(out_dir, f'samples_{mode}.png')
-    images = flow_images(dataset, meta, x)
-    per_row = num_samples
-    if truth is not None:  # each row: the val scene's image, then the generated ones
-        images = np.concatenate([truth[:, None], images.reshape(len(truth), num_samples, *images.shape[1:])], 1)
-        images, per_row = images.reshape(-1, *images.shape[2:]), num_samples + 1
-    save_image_grid(path, images, per_row=per_row)
-    print(f"{len(x)} images ({method}, {steps} steps, cfg_scale {cfg_scale}) in {dt:.2f}s -> {path}"
-          + (" (first column: the val scene's own image)" if truth is not None else '') + "; rows:")
-    print('\n'.join(f'  {n}' for n in names))
+    path = write_rows(flow_images(dataset, meta, x), truth, names, f"{method}, {steps} steps, cfg_scale {cfg_scale}", dt)
     if return_history:
         picks = list(range(0, len(x), num_samples))  # the first sample of each row
         strip = np.stack([flow_images(dataset, meta, h[picks]) for h in history], 1)  # (rows, steps + 1, H, W, C)
