@@ -256,12 +256,13 @@ class ImageTokenData:
 
 
 def fsq_latents(tokens, levels):
-    """FSQ token ids (...) -> the tokenizer's quantised latent (..., D) in [-1, 1], what its decoder reads
-    (tokenizer.FSQ.tokens_to_digits then digits_to_latent, without loading the network)."""
-    levels = torch.tensor(levels, dtype=torch.long)
-    basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), 0)
-    digits = (torch.as_tensor(tokens, dtype=torch.long)[..., None] // basis) % levels
-    return digits.float() / (levels - 1) * 2 - 1
+    """FSQ token ids (...) -> the tokenizer's quantised latent (..., D) in [-1, 1], what its decoder reads. FSQ has no
+    weights, so this is the tokenizer's own tokens_to_digits and digits_to_latent without loading its network."""
+    from tokenizer import FSQ
+    fsq = FSQ(levels)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    latent = fsq.digits_to_latent(fsq.tokens_to_digits(tokens.reshape(-1, 1, 1)))  # (N, D, 1, 1)
+    return latent.view(*tokens.shape, len(levels))
 
 
 def flow_view(meta, image_modality='rgb', cond_modality='caption'):
