@@ -119,9 +119,9 @@ def filter_logits(logits, temperature=1.0, top_k=None, top_p=None):
 
 
 def cfg_logits(cond_logits, uncond_logits, scale):
-    """Classifier-free guidance: uncond + scale * (cond - uncond), written as cond + (scale - 1) * (cond - uncond)
-    so that scale 1 returns the conditional logits bit for bit (no guidance), scale 0 the unconditional ones,
-    and scale > 1 pushes away from the unconditional prediction."""
+    """Classifier-free guidance on logits (or a flow's velocities): uncond + scale * (cond - uncond), written as
+    cond + (scale - 1) * (cond - uncond) so that scale 1 returns the conditional prediction bit for bit (no
+    guidance), scale 0 the unconditional one, and scale > 1 pushes away from the unconditional prediction."""
     if scale == 1.0:
         return cond_logits
     return cond_logits + (scale - 1.0) * (cond_logits - uncond_logits)
@@ -250,15 +250,6 @@ def generate_image_tokens(model, cond, view, steps=8, scheme='maskgit', schedule
 # -----------------------------------------------------------------------------
 # flow matching (the flow family): integrate the learned velocity from noise (t = 1) to data (t = 0)
 
-def cfg_velocity(cond_v, uncond_v, scale):
-    """Classifier-free guidance on velocities, v_u + s·(v_c − v_u), written like cfg_logits so that scale 1 is
-    the conditional velocity bit for bit."""
-    if scale == 1.0:
-        return cond_v
-    return cond_v + (scale - 1.0) * (cond_v - uncond_v)
-
-
-@torch.no_grad()
 def flow_sample(velocity_fn, noise, steps=16, method='euler', cfg_scale=1.0, return_history=False):
     """Rectified flow sampling: x_t = (1 − t)·x + t·ε moves along dx/dt = v = ε − x, so starting from noise
     (B, ...) at t = 1 and stepping to t = 0 on a uniform grid gives a sample x.
@@ -267,7 +258,7 @@ def flow_sample(velocity_fn, noise, steps=16, method='euler', cfg_scale=1.0, ret
                the last step to t = 0, which stays Euler as in EDM (Karras et al. 2022): logit-normal training
                almost never sees t near 0, so the velocity there is the least reliable one to average in
     velocity_fn(x, t (B,), cond_dropped) -> v like x; with cfg_scale != 1 it is also called with
-    cond_dropped=True and the two are mixed by cfg_velocity. Returns x at t = 0 (and with return_history the
+    cond_dropped=True and the two are mixed by cfg_logits (the same guidance on velocities). Returns x at t = 0 (and with return_history the
     list of x after every step, noise first)."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps={steps!r}: flow sampling needs an integer number of steps >= 1")
@@ -278,7 +269,7 @@ def flow_sample(velocity_fn, noise, steps=16, method='euler', cfg_scale=1.0, ret
         tt = torch.full((x.size(0),), t, device=x.device, dtype=torch.float32)
         v = velocity_fn(x, tt, False)
         if cfg_scale != 1.0:
-            v = cfg_velocity(v, velocity_fn(x, tt, True), cfg_scale)
+            v = cfg_logits(v, velocity_fn(x, tt, True), cfg_scale)
         return v.float()
 
     x = noise.float()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run
-from decoding import cfg_velocity, flow_sample
+from decoding import cfg_logits, flow_sample
 from model import ModelConfig, build_model
 
 SIZE, CH, NUM_CLASSES = 8, 2, 5
@@ -114,8 +114,8 @@ def test_cfg_scale_one_is_the_conditional_model_bit_for_bit():
     guided = model.generate(cond, steps=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert not torch.allclose(guided, out)  # guidance does something
     a, b = torch.randn(5), torch.randn(5)
-    assert cfg_velocity(a, b, 1.0) is a and torch.allclose(cfg_velocity(a, b, 0.0), b)
-    assert torch.allclose(cfg_velocity(a, b, 3.0), b + 3.0 * (a - b))
+    assert cfg_logits(a, b, 1.0) is a and torch.allclose(cfg_logits(a, b, 0.0), b)
+    assert torch.allclose(cfg_logits(a, b, 3.0), b + 3.0 * (a - b))
 
 
 def test_bad_steps_and_method_are_errors():
