@@ -54,6 +54,7 @@ block_size = 1024            # image datasets: 0 takes the grid's length from th
 # image families (gpt, maskgit) on a multimodal dataset (clevr): which modality is the image, which the condition
 image_modality = 'rgb'       # a modality with a learned tokenizer
 cond_modality = 'caption'    # its tokens are the conditioning prefix; '' for unconditional
+flow_space = 'latent'        # flow on a multimodal dataset: 'latent' (the rgb tokenizer's) or 'pixels' (the renders)
 # model
 model_type = 'gpt'
 n_layer = 12
@@ -85,6 +86,8 @@ decay_lr = True
 warmup_iters = 2000
 lr_decay_iters = 600000
 min_lr = 6e-5
+max_seconds = 0.0            # a time budget for the loop, evals included (0: none). After 10 timed iterations,
+                             # max_iters and lr_decay_iters shrink to what fits, so the cosine still ends at min_lr
 # system
 backend = ''                 # '' picks nccl on CUDA, gloo otherwise
 device = ''                  # '' picks cuda, then mps, then cpu
@@ -122,8 +125,20 @@ def rng_state():
     return state
 
 
+def fit_budget(budget, elapsed, it, step_time, eval_time, eval_interval):
+    """The iteration a time budget ends at: from iteration `it`, `elapsed` seconds into the loop, steps of
+    `step_time` seconds and an eval of `eval_time` seconds at every multiple of eval_interval and at the end."""
+    n = max(0, int((budget - elapsed) / step_time))
+    while n > 0:
+        evals = (it + n) // eval_interval - it // eval_interval + ((it + n) % eval_interval != 0)
+        if elapsed + n * step_time + evals * eval_time <= budget:
+            break
+        n -= 1
+    return it + n
+
+
 def main():
-    global config
+    global config, max_iters, lr_decay_iters
     try:
         config = configure(globals(), keys=_config_keys)
     except ConfigError as e:
@@ -204,6 +219,8 @@ def main():
                      f"differ): re-run the prepare.py command the run was trained on, or start a new --out_dir")
         model_args = dict(saved, dropout=dropout)
         iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
+        if checkpoint.get('schedule'):  # a time-budgeted run continues the schedule its budget fixed
+            max_iters, lr_decay_iters = checkpoint['schedule']['max_iters'], checkpoint['schedule']['lr_decay_iters']
     elif init_from != 'scratch':
         sys.exit(f"config error: init_from must be 'scratch' or 'resume', not {init_from!r}")
     if model_args['vocab_size'] < data.model_args.get('vocab_size', 0):
@@ -233,6 +250,7 @@ def main():
         elif master:
             print(f"note: resuming on {world_size} ranks from a checkpoint of {checkpoint['world_size']}: the data "
                   f"order continues exactly, dropout's random stream is re-seeded")
+    checkpoint_schedule = checkpoint.get('schedule') if checkpoint is not None else None
     checkpoint = None  # free memory
 
     raw_model = model
@@ -299,6 +317,7 @@ def main():
             'best_val_loss': best_val_loss,
             'data_meta': data.meta,  # what the tokens mean: sample.py decodes with it, resume checks it
             'world_size': world_size,
+            'schedule': {'max_iters': max_iters, 'lr_decay_iters': lr_decay_iters} if max_seconds and budget_fixed else None,
             'rng_state': gathered(rng_state()),
         }
         if not master:
@@ -360,6 +379,8 @@ def main():
     running_mfu = -1.0
     first_iter = iter_num
     step_times = []  # seconds per iteration, for the closing line's median
+    eval_seconds = 0.0  # how long the last eval (and its checkpoint) took, for the time budget
+    budget_fixed = max_seconds <= 0 or (checkpoint_schedule is not None)
     while True:
         lr = get_lr(iter_num)
         for group in optimizer.param_groups:
@@ -372,6 +393,7 @@ def main():
             break
 
         if iter_num % eval_interval == 0 or iter_num == max_iters or eval_only:
+            eval_start = time.time()
             losses = estimate_loss()
             if not math.isfinite(losses['val']):
                 raise TrainingError(f"non-finite val loss at step {iter_num}: stopping without saving. The last good "
@@ -387,6 +409,7 @@ def main():
             best_val_loss = min(best_val_loss, losses['val'])
             if iter_num > first_iter and (improved or always_save_checkpoint):
                 write_checkpoint('best val loss' if improved else 'periodic', best=improved)
+            eval_seconds = time.time() - eval_start
         if iter_num >= max_iters:
             break
 
@@ -427,6 +450,22 @@ def main():
         t1 = time.time()
         dt, t0 = t1 - t0, t1
         step_times.append(dt)
+        if not budget_fixed and len(step_times) == 10:
+            # the budget is spent by the loop so far, the remaining steps at the median step time and the evals
+            # still to come; rank 0 decides for all, so every rank stops at the same iteration
+            step_time = sorted(step_times)[len(step_times) // 2]
+            last = torch.tensor([min(max_iters, fit_budget(max_seconds, t1 - loop_start, iter_num + 1, step_time,
+                                                           eval_seconds, eval_interval))], device=device_name)
+            if ddp:
+                torch.distributed.broadcast(last, src=0)
+            budget_fixed, last = True, int(last.item())
+            if last < max_iters:
+                if master:
+                    print(f"time budget {max_seconds:.0f}s: {last} of {max_iters} iterations fit (median "
+                          f"{step_time * 1000:.0f} ms per iteration, evals {eval_seconds:.1f}s each); max_iters and "
+                          f"lr_decay_iters set to {last}")
+                max_iters, lr_decay_iters = last, min(lr_decay_iters, last)
+                log_metrics({'iter': iter_num, 'event': 'budget', 'max_iters': max_iters, 'lr_decay_iters': lr_decay_iters})
         if iter_num % log_interval == 0 and master:
             # per device: this rank's real (non-padding) tokens over its step time; padding costs FLOPs but does no work
             tokens_per_s = real_tokens / dt

@@ -23,6 +23,7 @@ dropout = 0.0
 learning_rate = 1.5e-3
 max_iters = 2000
 lr_decay_iters = 2000
+max_seconds = 600       # or 10 minutes, whichever comes first (the schedule shrinks to fit: train.py)
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100

@@ -34,6 +34,7 @@ batch_size = 32
 learning_rate = 2e-3
 max_iters = 2500
 lr_decay_iters = 2500
+max_seconds = 750             # or 12.5 minutes, whichever comes first: make demo stays within 20 minutes on slow hosts
 warmup_iters = 100
 min_lr = 2e-4
 beta2 = 0.99

@@ -67,3 +67,32 @@ def test_torchrun_two_ranks_stay_in_sync(shakespeare_char, data_root, tmp_path):
     assert 'largest weight difference across 2 ranks 0' in result.stdout
     assert result.stdout.count('step 6: train loss') == 1  # rank 0 alone logs
     assert torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['iter_num'] == 6
+
+
+def test_fit_budget_by_hand():
+    import importlib
+    fit_budget = importlib.import_module('train').fit_budget
+    # 90 s left at iteration 10, 1 s steps, 5 s evals every 20: to 80 costs 70 steps + evals at 20, 40, 60, 80 = 90 s;
+    # to 81 would add a step and a closing eval (96 s). Catches evals left out of the sum or the closing one forgotten.
+    assert fit_budget(100, 10, 10, 1.0, 5.0, 20) == 80
+    assert fit_budget(100, 10, 10, 1.0, 0.0, 20) == 100  # no eval cost: every remaining second is a step
+    assert fit_budget(5, 10, 10, 1.0, 5.0, 20) == 10     # already over budget: stop where it is, never go back
+
+
+def test_time_budget_shrinks_the_schedule_and_resume_keeps_it(shakespeare_char, data_root, tmp_path):
+    out = str(tmp_path / 'budget')
+    env = {'NANO4M_DATA': data_root}
+    # a budget already spent when it is checked (after 10 steps): the run stops there, its cosine ended at min_lr
+    r = train(out, '--max_iters=200', '--lr_decay_iters=200', '--eval_interval=100', '--max_seconds=0.001',
+              '--min_lr=1e-4', env=env)
+    assert 'time budget' in r.stdout and 'trained 10 iterations' in r.stdout
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    assert ckpt['iter_num'] == 10 and ckpt['schedule'] == {'max_iters': 10, 'lr_decay_iters': 10}
+    events = [json.loads(line) for line in open(os.path.join(out, 'metrics.jsonl'))]
+    assert [e['max_iters'] for e in events if e['event'] == 'budget'] == [10]
+    assert abs(events[-1]['lr'] - 1e-4) < 1e-12  # the closing eval's lr: the schedule was shrunk, not cut off
+    # resume: the schedule the budget fixed holds (a re-measured budget would move max_iters and the lr curve)
+    r = train(out, '--init_from=resume', '--max_iters=200', '--lr_decay_iters=200', '--eval_interval=100',
+              '--max_seconds=0.001', env=env)
+    assert 'time budget' not in r.stdout
+    assert torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)['iter_num'] == 10
