@@ -19,7 +19,11 @@ is --mode=fashion_mnist (add --maskgit_dir/--gpt_dir for the token families' row
 Reference rows: real validation images (the floor FD can reach) and the test images' own tokens decoded by the
 tokenizer (the 'tokenizer bound': what any generator over these tokens can reach at best).
 
-    python eval.py --mode=flow_clevr --flow_dir=out-flow-clevr-cpu --num_scenes=200   # caption -> rgb objects found
+    python eval.py --mode=caption_rgb --flow_dir=out-flow-clevr-cpu --maskgit_dir=out-clevr-maskgit-cpu \
+        --gpt_dir=out-clevr-gpt-cpu --out_dir=out-nano4m-cpu --num_scenes=300 --grid_dir=caption_rgb
+
+caption_rgb: caption -> rgb on clevr for every family side by side: objects found (the scorecard's judge) and a
+realism Frechet distance in the judge's conv features of whole images, with real, tokenizer-bound and chance rows.
 
     python eval.py --mode=4m --out_dir=out-nano4m-cpu   # one-pass rgb->semseg mIoU and rgb->depth abs-rel
 
@@ -50,9 +54,9 @@ import torch
 from common import CheckpointError, load_model
 from configurator import ConfigError, configure
 from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, flow_images, flow_view, image_view,
-                  load_meta, load_tokens)
+                  load_meta, load_tokens, save_image_grid)
 from decoding import generate_image_tokens
-from judges import (accuracy, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance, objects_found,
+from judges import (accuracy, frechet_distance, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance, objects_found,
                     predict, score, train_classifier)
 
 # -----------------------------------------------------------------------------
@@ -83,6 +87,7 @@ scorecard_cfg = (1.0, 3.0)  # --mode=scorecard: CFG scales for caption->rgb
 scorecard_steps = 8         # --mode=scorecard: MaskGIT steps for generated images (and sequences of 'random' models)
 scorecard_temperature = 1.0 # --mode=scorecard: sampling temperature of caption->rgb
 json_out = ''               # --mode=4m: also write the figures to this file
+grid_dir = ''               # --mode=caption_rgb: write a picture grid per row here
 seed = 1337
 device = 'cpu'
 # -----------------------------------------------------------------------------
@@ -152,36 +157,76 @@ def fashion_mnist_table():
               f"{'' if ips is None else f'{ips:.1f}'} |")
 
 
-def flow_clevr_objects(model_dir, n=200, steps=16, scales=(1.0, 3.0)):
-    """caption -> rgb of a flow model on clevr: the share of each val scene's objects that the object judge finds
-    with the right colour and shape where the scene has them (the scorecard's caption->rgb metric), for the first n
-    val scenes, next to the real images, the tokenizer bound and another scene's image (the chance floor)."""
-    model, checkpoint = load_model(model_dir, ckpt, device)
-    dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
-    if model.config.model_type != 'flow' or meta.get('kind') != 'multimodal':
-        raise DataError(f"--mode=flow_clevr needs a flow model trained on clevr; {model_dir} holds a "
-                        f"{model.config.model_type} model on {meta.get('kind')} data")
-    view = flow_view(meta, checkpoint['config'].get('image_modality', 'rgb'), 'caption')
-    truth = render_val_truth(dataset, n)
-    judge = load_object_judge(os.path.join(dataset_dir(dataset), 'object_judge.pt'), seed)
+def caption_to_rgb_table(n=300, num_reference=2000, steps=8, flow_steps=16, scales=(1.0, 3.0), grid_dir=''):
+    """caption -> rgb on clevr, every family side by side on the first n val scenes: flow models (--flow_dir,
+    comma-separated: latent or pixel space), the caption-conditioned MaskGIT (--maskgit_dir) and GPT (--gpt_dir), and
+    the 4M (--out_dir), each without guidance and at the other CFG scales, next to real images, the tokenizer bound
+    and another scene's image (the chance floor). Two figures per row: objects found (the scorecard's judge: right
+    colour and shape where the scene has them) and a realism Frechet distance (the judge's conv features of the
+    whole image against num_reference train-split renders), which blotchy pictures cannot pass. With grid_dir,
+    one PNG per row (8 scenes, real first)."""
+    import clevr
+    dirs = [('flow', d) for d in flow_dir.split(',') if d] + [('maskgit', maskgit_dir), ('gpt', gpt_dir), ('4m', out_dir)]
+    dirs = [(kind, d) for kind, d in dirs if d]
+    if not dirs:
+        raise DataError("--mode=caption_rgb needs at least one of --flow_dir, --maskgit_dir, --gpt_dir, --out_dir")
+    models = [(kind, d, *load_model(d, ckpt, device)) for kind, d in dirs]
+    data_name = models[0][3]['config']['dataset']
+    meta = load_meta(data_name)
+    for kind, d, model, checkpoint in models:
+        if checkpoint['config']['dataset'] != data_name or model.config.model_type != kind:
+            raise DataError(f"{d} holds a {model.config.model_type} model on {checkpoint['config']['dataset']!r}; "
+                            f"expected a {kind} model on {data_name!r}")
+    truth = render_val_truth(data_name, n)
+    judge = load_object_judge(os.path.join(dataset_dir(data_name), 'object_judge.pt'), seed)
     objects = judged_objects(truth['visible'])
+    reference = judge.scene_features(clevr.render_scenes(num_reference, seed=clevr.SPLIT_SEEDS['train'],
+                                                         resolution=meta.get('resolution', 64), modalities=('rgb',))['rgb'])
+    view = image_view(meta, 'rgb', 'caption')
+    val = load_tokens(data_name, 'val')
+    cond = torch.from_numpy(val['caption'][:n]).long().to(device)
+    rows = []
 
-    def found(images):  # (N, H, W, 3), uint8 or [0, 1] -> mean share of objects found
-        return float(np.mean([objects_found(seen, o) for seen, o in zip(judge.judge(images, objects), objects)]))
-    val = load_tokens(dataset, 'val')
-    rows = [('real val images', found(truth['rgb'])),
-            ('val tokens decoded (tokenizer bound)', found(decode_image_tokens(dataset, val['rgb'][:n], view))),
-            ("another scene's image (chance)", found(np.roll(truth['rgb'], 1, 0)))]
-    cond = torch.from_numpy(val['caption'][:n]).to(device)
-    for scale in scales:
-        t0 = time.perf_counter()
-        x = model.generate(cond, steps, flow_method, scale, torch.Generator().manual_seed(seed))
-        dt = time.perf_counter() - t0
-        rows.append((f'flow, {flow_method} {steps}, CFG {scale} ({n / dt:.1f} images/s)', found(flow_images(dataset, view, x))))
-        print(f"  {rows[-1][0]}: {rows[-1][1]:.3f}", flush=True)
-    print(f"\n| caption -> rgb, {n} val scenes | objects with right colour + shape in place |\n|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value:.3f} |")
+    def add(name, images, scale='', images_per_s=None, source=''):
+        found = float(np.mean([objects_found(seen, o) for seen, o in zip(judge.judge(images, objects), objects)]))
+        fd = frechet_distance(judge.scene_features(images), reference)
+        rows.append((f'{name} ({source})' if source else name, scale, found, fd, images_per_s))
+        print(f"  {rows[-1][0]:<60} {scale!s:<4} objects found {found:.3f}  realism FD {fd:8.3f}"
+              + ('' if images_per_s is None else f"  {images_per_s:7.1f} images/s"), flush=True)
+        if grid_dir:
+            pictures = [np.asarray(truth['rgb'][:8])] + [np.asarray(images[:8])]
+            pictures = [p if p.dtype == np.uint8 else (p * 255).round().astype(np.uint8) for p in pictures]
+            slug = ''.join(c if c.isalnum() else '_' for c in f"{name}_cfg{scale}")
+            save_image_grid(os.path.join(grid_dir, f"{len(rows):02d}_{slug}.png"), np.concatenate(pictures), per_row=8)
+    add('real val images', truth['rgb'])
+    add('val tokens decoded (tokenizer bound)', decode_image_tokens(data_name, val['rgb'][:n], view))
+    add("another scene's image (chance)", np.roll(truth['rgb'], 1, 0))
+    for kind, d, model, checkpoint in models:
+        for scale in scales:
+            gen = torch.Generator().manual_seed(seed)
+            t0 = time.perf_counter()
+            if kind == 'flow':
+                fview = flow_view(meta, 'rgb', 'caption', checkpoint['config'].get('flow_space', 'latent'))
+                x = model.generate(cond, flow_steps, flow_method, scale, gen)
+                dt = time.perf_counter() - t0
+                images, name = flow_images(data_name, fview, x), f"flow ({fview['space']}), {flow_method} {flow_steps}"
+            elif kind == '4m':
+                tokens = generate_batched(model, {'caption': val['caption'][:n]}, 'rgb', scheme='maskgit', steps=steps,
+                                          temperature=temperature, cfg_scale=scale, generator=gen)
+                dt = time.perf_counter() - t0
+                images, name = decode_image_tokens(data_name, tokens, view), f'4M, MaskGIT {steps}'
+            else:
+                kw = dict(steps=steps, scheme='maskgit') if kind == 'maskgit' else dict()
+                tokens = generate_image_tokens(model, cond, view, temperature=temperature, cfg_scale=scale,
+                                               choice_temperature=choice_temperature, generator=gen, **kw)
+                dt = time.perf_counter() - t0
+                images, name = decode_image_tokens(data_name, tokens, view), (f'MaskGIT T={steps}' if kind == 'maskgit'
+                                                                             else 'GPT (AR, KV cache)')
+            add(name, images, scale, n / dt, source=d)
+    print(f"\n| caption -> rgb, {n} val scenes | CFG | objects with right colour + shape in place | realism FD "
+          f"(vs {num_reference} train renders) | images/s |\n|---|---|---|---|---|")
+    for name, scale, found, fd, ips in rows:
+        print(f"| {name} | {scale} | {found:.3f} | {fd:.2f} | {'' if ips is None else f'{ips:.1f}'} |")
 
 
 # -----------------------------------------------------------------------------
@@ -509,8 +554,8 @@ def main():
             train_classifier(dataset, classifier_epochs)
         elif mode in ('fashion_mnist', 'flow'):
             fashion_mnist_table()
-        elif mode == 'flow_clevr':
-            flow_clevr_objects(flow_dir, min(num_scenes, 1000))
+        elif mode == 'caption_rgb':
+            caption_to_rgb_table(min(num_scenes, 1000), grid_dir=grid_dir)
         elif mode == '4m':
             model, checkpoint = load_model(out_dir, ckpt, 'cpu')
             results = fourm_any_to_any_from_rgb(model, checkpoint['config']['dataset'], num_scenes)
@@ -530,7 +575,7 @@ def main():
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, flow_clevr, classifier, 4m or "
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, caption_rgb, classifier, 4m or "
                      f"scorecard "
                      f"(sampling speed moved to bench.py --mode=speed)")
     except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:

@@ -5,7 +5,7 @@
 # finds 41% of the captioned objects with Euler 16 (63% with CFG 3; real images 97.5%, chance 17%; docs/results.md).
 #   python prepare.py clevr && python train.py config/flow_clevr_cpu.py
 #   python sample.py --out_dir=out-flow-clevr-cpu --mode=flow --steps=16 --cfg_scale=3.0 --num_captions=4 --num_samples=4
-#   python eval.py --mode=flow_clevr --flow_dir=out-flow-clevr-cpu --num_scenes=200
+#   python eval.py --mode=caption_rgb --flow_dir=out-flow-clevr-cpu --num_scenes=300
 out_dir = 'out-flow-clevr-cpu'
 dataset = 'clevr'
 model_type = 'flow'
@@ -26,6 +26,7 @@ dropout = 0.0
 learning_rate = 1.5e-3
 max_iters = 1000
 lr_decay_iters = 1000
+max_seconds = 900       # or 15 minutes, whichever comes first (the schedule shrinks to fit: train.py)
 min_lr = 1e-4
 beta2 = 0.99
 warmup_iters = 100

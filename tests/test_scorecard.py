@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import eval as E
 import judges as J
@@ -102,3 +103,29 @@ def test_val_truth_must_be_clevr_val_split(data_root):
         json.dump({'kind': 'multimodal', 'modalities': {'caption': {}}}, f)
     with pytest.raises(E.DataError, match='prepare.py clevr'):
         E.render_val_truth('not_clevr', 2)
+
+
+def test_realism_features_of_whole_images():
+    """ObjectJudge.scene_features, the feature space of caption -> rgb's realism Frechet distance."""
+    import clevr
+    torch.manual_seed(0)
+    judge = J.ObjectJudge().eval()  # untrained is enough for what is checked here
+    a = clevr.render_scenes(24, seed=1, modalities=('rgb',))['rgb']
+    b = clevr.render_scenes(24, seed=2, modalities=('rgb',))['rgb']
+    fa = judge.scene_features(a)
+    assert fa.shape == (24, 256)
+    # chunks do not change a row (a batch-mixing bug would), and uint8 vs [0, 1] input is the same image
+    assert torch.allclose(judge.scene_features(a, batch_size=5), fa, atol=1e-5)
+    assert torch.allclose(judge.scene_features(a.astype(np.float32) / 255), fa, atol=1e-5)
+    # other real scenes are closer to real scenes than noise is, and a set is at distance ~0 from itself
+    noise = np.random.default_rng(0).integers(0, 256, a.shape).astype(np.uint8)
+    assert abs(J.frechet_distance(fa, fa)) < 1e-6
+    assert J.frechet_distance(fa, judge.scene_features(b)) < J.frechet_distance(fa, judge.scene_features(noise))
+
+
+def test_caption_rgb_without_models_is_a_one_line_error(data_root):
+    from conftest import run
+    import sys
+    result = run([sys.executable, 'eval.py', '--mode=caption_rgb'], env_extra={'NANO4M_DATA': data_root}, check=False)
+    assert result.returncode != 0 and '--flow_dir, --maskgit_dir, --gpt_dir, --out_dir' in result.stderr
+    assert 'Traceback' not in result.stderr and len(result.stderr.strip().splitlines()) == 1
