@@ -265,21 +265,46 @@ def fsq_latents(tokens, levels):
     return latent.view(*tokens.shape, len(levels))
 
 
-def flow_view(meta, image_modality='rgb', cond_modality='caption'):
+def flow_view(meta, image_modality='rgb', cond_modality='caption', space='latent'):
     """What the flow family generates on a dataset: image_view plus the continuous space it works in.
     'image' datasets (Fashion-MNIST): the pixels, 1 x 28 x 28, scaled to [-1, 1], class-conditional.
-    'multimodal' (clevr): the rgb tokenizer's quantised latent (D x 8 x 8 for 8x8 tokens, FSQ levels mapped to
-    [-1, 1]); the tokenizer's decoder turns a generated latent back into pixels."""
+    'multimodal' (clevr), space='latent': the rgb tokenizer's quantised latent (D x 8 x 8 for 8x8 tokens, FSQ levels
+    mapped to [-1, 1]); the tokenizer's decoder turns a generated latent back into pixels. space='pixels': the
+    rendered rgb itself, 3 x 64 x 64 in [-1, 1] (clevr_pixels renders it once)."""
     view = image_view(meta, image_modality, cond_modality)
+    if space not in ('latent', 'pixels'):
+        raise DataError(f"unknown flow_space {space!r}: choose latent or pixels")
     if meta.get('kind') == 'image':
         ch, h, w = meta.get('image_shape', [1, 28, 28])
         return {**view, 'space': 'pixels', 'image_size': h, 'in_channels': ch}
+    if space == 'pixels':
+        if image_modality != 'rgb':
+            raise DataError(f"flow_space='pixels' renders rgb; {image_modality} has only tokens: use flow_space='latent'")
+        return {**view, 'space': 'pixels', 'image_size': meta.get('resolution', 64), 'in_channels': 3}
     spec = meta['modalities'][image_modality]
     if spec['grid'][0] != spec['grid'][1] or 'levels' not in spec:
         raise DataError(f"flow needs a square FSQ grid with its levels in meta.json; {image_modality} has "
                         f"grid {spec['grid']}")
     return {**view, 'space': 'latent', 'image_size': spec['grid'][0], 'in_channels': len(spec['levels']),
             'levels': list(spec['levels'])}
+
+
+def clevr_pixels(dataset, split, num_scenes, resolution):
+    """uint8 (N, H, W, 3) rgb renders of a clevr split, rendered once by clevr.py (scene i of a split is the same
+    scene whose tokens are row i) and cached as data/<dataset>/<split>/rgb_pixels.npy: prepare.py keeps only tokens."""
+    path = os.path.join(dataset_dir(dataset), split, 'rgb_pixels.npy')
+    if os.path.exists(path):
+        pixels = np.load(path, mmap_mode='r')
+        if pixels.shape == (num_scenes, resolution, resolution, 3):
+            return pixels
+    import clevr
+    t0 = time.time()
+    pixels = clevr.render_scenes(num_scenes, seed=clevr.SPLIT_SEEDS[split], resolution=resolution, modalities=('rgb',))['rgb']
+    tmp = path + '.tmp.npy'
+    np.save(tmp, pixels)
+    os.replace(tmp, path)
+    print(f"rendered the {num_scenes:,} {split} scenes' rgb for flow_space='pixels' in {time.time() - t0:.0f}s -> {path}")
+    return pixels
 
 
 class FlowData:
@@ -291,17 +316,26 @@ class FlowData:
 
     def __init__(self, dataset, options):
         self.meta = load_meta(dataset)
-        view = flow_view(self.meta, options.get('image_modality', 'rgb'), options.get('cond_modality', 'caption'))
+        view = flow_view(self.meta, options.get('image_modality', 'rgb'), options.get('cond_modality', 'caption'),
+                         options.get('flow_space', 'latent'))
         self.cond_drop, self.t_sampling = options.get('cond_drop', 0.1), options.get('t_sampling', 'logit_normal')
         if self.t_sampling not in ('logit_normal', 'uniform'):
             raise DataError(f"unknown t_sampling {self.t_sampling!r}: choose logit_normal or uniform")
         self.cond_vocab_size, P = view['cond_vocab_size'], view['cond_len']
         d, size, ch = dataset_dir(dataset), view['image_size'], view['in_channels']
-        if view['space'] == 'pixels':  # kept as uint8, scaled per batch
+        if view['space'] == 'pixels' and self.meta.get('kind') == 'image':  # kept as uint8, scaled per batch
             self.x = {s: torch.from_numpy(np.load(os.path.join(d, f'{s}_images.npy'))).view(-1, ch, size, size)
                       for s in ('train', 'val')}
             self.cond = {s: torch.from_numpy(np.load(os.path.join(d, f'{s}_labels.npy')).astype(np.int64))[:, None]
                          for s in ('train', 'val')}
+        elif view['space'] == 'pixels':  # clevr rgb renders, (N, 3, H, W) uint8
+            cname = view['cond_modality']
+            self.cond = {s: torch.from_numpy(np.load(os.path.join(d, s, f'{cname}.npy')).astype(np.int64)) if cname
+                         else None for s in ('train', 'val')}
+            self.x = {s: torch.from_numpy(np.ascontiguousarray(clevr_pixels(dataset, s, self.meta[f'{s}_scenes'], size)))
+                      .permute(0, 3, 1, 2).contiguous() for s in ('train', 'val')}
+            self.cond = {s: c if c is not None else torch.zeros(len(self.x[s]), 1, dtype=torch.long)
+                         for s, c in self.cond.items()}
         else:
             name, cname = view['image_modality'], view['cond_modality']
             self.x = {s: fsq_latents(np.load(os.path.join(d, s, f'{name}.npy')).reshape(-1, size, size),

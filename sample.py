@@ -221,8 +221,11 @@ def main():
             meta = checkpoint.get('data_meta') or load_meta(dataset)
             if checkpoint['model_config']['model_type'] in ('gpt', 'maskgit', 'flow') and meta.get('kind') in ('image', 'multimodal'):
                 cfg = checkpoint['config']
-                view = flow_view if checkpoint['model_config']['model_type'] == 'flow' else image_view
-                meta = view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
+                if checkpoint['model_config']['model_type'] == 'flow':
+                    meta = flow_view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'),
+                                     cfg.get('flow_space', 'latent'))
+                else:
+                    meta = image_view(meta, cfg.get('image_modality', 'rgb'), cfg.get('cond_modality', 'caption'))
         else:
             raise SystemExit("sample.py: init_from must be 'resume' for now")
     except (CheckpointError, DataError) as e:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from conftest import run
+from data import DataError
 from decoding import cfg_logits, flow_sample
 from model import ModelConfig, build_model
 
@@ -196,6 +197,37 @@ def test_flow_batches(tiny_pixels, tiny_latents):
     assert torch.equal(fsq_latents(torch.tensor([0, 1, 3, 8]), [3, 3]),
                        torch.tensor([[-1., -1.], [0., -1.], [-1., 0.], [1., 1.]]))
     assert set(lat.get_batch('train', 8, 0)['x'].unique().tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_pixel_space_is_the_renders_of_the_captioned_scenes(data_root):
+    """flow_space='pixels' on clevr: the rgb renders, rendered once and cached, row i the scene whose caption row i
+    holds (a wrong split seed or offset would pair captions with other scenes' pictures and still train)."""
+    import clevr
+    from data import FlowData, flow_view, load_meta
+    name, d = 'tiny_flow_clevr', os.path.join(data_root, 'tiny_flow_clevr')
+    truth = {}
+    for split, n in (('train', 6), ('val', 2)):
+        truth[split] = clevr.render_scenes(n, seed=clevr.SPLIT_SEEDS[split], resolution=16, modalities=('rgb', 'caption'))
+        os.makedirs(os.path.join(d, split), exist_ok=True)
+        np.save(os.path.join(d, split, 'caption.npy'), truth[split]['caption'].astype(np.int16))
+        np.save(os.path.join(d, split, 'rgb.npy'), np.zeros((n, 4), dtype=np.int16))
+    meta = {'kind': 'multimodal', 'resolution': 16, 'train_scenes': 6, 'val_scenes': 2, 'modalities': {
+        'rgb': {'kind': 'image', 'codec': 'fsq', 'vocab_size': 9, 'levels': [3, 3], 'tokenizer': 'tokenizers/rgb.pt',
+                'grid': [2, 2], 'num_tokens': 4},
+        'caption': {'kind': 'sequence', 'codec': 'words', 'vocab_size': len(clevr.caption_vocab()),
+                    'words': clevr.caption_vocab(), 'grid': [1, clevr.CAPTION_LEN], 'num_tokens': clevr.CAPTION_LEN}}}
+    json.dump(meta, open(os.path.join(d, 'meta.json'), 'w'))
+    data = FlowData(name, {'flow_space': 'pixels', 'patch_size': 4})
+    assert data.model_args['in_channels'] == 3 and data.model_args['image_size'] == 16
+    assert data.model_args['block_size'] == 16 + clevr.CAPTION_LEN
+    for split in ('train', 'val'):
+        assert torch.equal(data.x[split], torch.from_numpy(truth[split]['rgb']).permute(0, 3, 1, 2))
+        assert torch.equal(data.cond[split], torch.from_numpy(truth[split]['caption']).long())
+    assert os.path.exists(os.path.join(d, 'train', 'rgb_pixels.npy'))  # cached for the next run
+    batch = data.get_batch('train', 8, 0)
+    assert batch['x'].shape == (8, 3, 16, 16) and batch['x'].min() >= -1 and batch['x'].max() <= 1
+    with pytest.raises(DataError, match='choose latent or pixels'):
+        flow_view(load_meta(name), space='voxels')
 
 
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--batch_size=16', '--eval_iters=2', '--log_interval=5',
