@@ -9,11 +9,14 @@ KV cache.
     python bench.py --n_layer=6 --n_head=6 --n_embd=384 --batch_size=64 --train_block_size=256 --compile=True
     python bench.py --pos=rope --mlp=relu2 --optimizer=muon   # any architecture option (model.py)
 
---mode=speed: image sampling, MaskGIT T=8 vs AR with a KV cache, at batch 1 and at a large batch (see speed()).
+--mode=speed: image sampling, MaskGIT T=8 vs AR with a KV cache, at batch 1 and at a large batch (see speed());
+with --flow_dir, instead a flow model at each Euler step count beside them, one run (see flow_speed()).
 
     python bench.py --mode=speed --maskgit_dir=out-fashion-mnist-maskgit-cpu --gpt_dir=out-fashion-mnist-gpt-cpu
     python bench.py --mode=speed --dataset=clevr --maskgit_dir=out-clevr-maskgit-cpu --gpt_dir=out-clevr-gpt-cpu
     python bench.py --mode=speed --dataset=clevr --speed_shape=6x8x256 --speed_batch=64   # the GPU configs' shape
+    python bench.py --mode=speed --flow_dir=out-flow-fashion-mnist-cpu --maskgit_dir=out-fashion-mnist-maskgit-cpu \
+        --gpt_dir=out-fashion-mnist-gpt-cpu
 
 --mode=render: clevr.py scenes rendered per second on one thread (~1,000 on one core).
 
@@ -72,6 +75,8 @@ image_modality = 'rgb'      # a multimodal dataset (clevr): the image and the co
 cond_modality = 'caption'
 maskgit_dir = ''            # out_dir of a maskgit run ('' = random weights of its shape)
 gpt_dir = ''                # out_dir of a gpt run on the same data
+flow_dir = ''               # out_dir of a flow run on the same data: adds the flow table (see flow_speed())
+flow_steps = '1,2,4,8,16,32'  # its Euler step counts
 ckpt = 'ckpt'
 speed_batch = 256           # the 'large batch' of the speed table on the dataset's grid (same tokens on the other)
 speed_grid = 16             # the second grid of the speed table (random weights, same model shape)
@@ -220,6 +225,43 @@ machine's load hits every setting alike); large batch: one round. A batch-1 warm
               f"{batch / t_mg:.1f} | {batch / t_ar:.1f} | {ratio:.2f}x{' (AR wins)' if ratio < 1 else ''} |")
 
 
+def flow_speed():
+    """Images/s of a flow model at each Euler step count beside MaskGIT T=8 and AR with a KV cache, in one run on
+    the dataset's own grid: batch 1 (the best of speed_reps rounds) and speed_batch images; float32 and the
+    default threads for every row (the flow family is trained and sampled in float32), no CFG (guidance doubles
+    the batch of every scheme alike). A flow step is one pass over the image's patches (no condition tokens on
+    Fashion-MNIST; on clevr the caption words as prefix), so k steps cost about k/8 of MaskGIT T=8's passes."""
+    meta = load_meta(dataset)
+    flow, ckpt_data = load_model(flow_dir, ckpt, device)
+    if flow.config.model_type != 'flow':
+        raise ConfigError(f"--flow_dir={flow_dir} holds a {flow.config.model_type} model, not a flow model")
+    view = image_view(meta, image_modality, cond_modality)
+    token_models = speed_models(view, tuple(view['grid']))
+    steps_list = [int(x) for x in flow_steps.split(',') if x.strip()]
+    schemes = [(f'flow, Euler {k}', lambda c, g, k=k: flow.generate(c, k, 'euler', 1.0, g)) for k in steps_list]
+    schemes += [('MaskGIT T=8', lambda c, g: generate_image_tokens(token_models['maskgit'], c, view, steps=8, generator=g)),
+                ('AR, KV cache', lambda c, g: generate_image_tokens(token_models['gpt'], c, view, generator=g))]
+    P = view['cond_len']
+    rows = {}
+    with torch.no_grad():
+        for batch in (1, speed_batch):
+            cond = torch.randint(view['cond_vocab_size'], (batch, P), generator=torch.Generator().manual_seed(seed))
+            cond = cond[:, 0] if P == 1 else cond
+            for r in range(speed_reps if batch == 1 else 1):
+                for name, fn in schemes:
+                    if r == 0:
+                        fn(cond[:1], torch.Generator().manual_seed(seed))  # warm-up
+                    t0 = time.perf_counter()
+                    fn(cond, torch.Generator().manual_seed(seed + r))
+                    dt = time.perf_counter() - t0
+                    rows[(name, batch)] = min(rows.get((name, batch), dt), dt)
+    print(f"dataset {dataset}, {torch.get_num_threads()} threads, float32, no CFG; flow {flow_dir}, "
+          f"MaskGIT {maskgit_dir or 'random weights'}, AR {gpt_dir or 'random weights'}")
+    print(f"| scheme | batch 1 ms | batch 1 img/s | batch {speed_batch} img/s |\n|---|---|---|---|")
+    for name, _ in schemes:
+        print(f"| {name} | {rows[(name, 1)] * 1000:.1f} | {1 / rows[(name, 1)]:.1f} | {speed_batch / rows[(name, speed_batch)]:.1f} |")
+
+
 def render():
     """clevr.py's renderer on one thread: the rgb images of render_scenes scenes."""
     import clevr
@@ -311,7 +353,7 @@ def main():
         sys.exit(f"config error: {e}")
     if mode == 'speed':
         try:
-            return speed()
+            return flow_speed() if flow_dir else speed()
         except (ConfigError, DataError, CheckpointError) as e:
             sys.exit(f"bench.py: {e}")
     if mode == 'render':
