@@ -86,7 +86,7 @@ decay_lr = True
 warmup_iters = 2000
 lr_decay_iters = 600000
 min_lr = 6e-5
-max_seconds = 0.0            # a time budget for the loop, evals included (0: none). After 10 timed iterations,
+max_seconds = 0.0            # a time budget for the loop, evals included (0: none). At the end of the warm-up,
                              # max_iters and lr_decay_iters shrink to what fits, so the cosine still ends at min_lr
 # system
 backend = ''                 # '' picks nccl on CUDA, gloo otherwise
@@ -381,6 +381,9 @@ def main():
     step_times = []  # seconds per iteration, for the closing line's median
     eval_seconds = 0.0  # how long the last eval (and its checkpoint) took, for the time budget
     budget_fixed = max_seconds <= 0 or (checkpoint_schedule is not None)
+    # decided at the end of the warm-up, where the cosine (the part that depends on lr_decay_iters) begins; after
+    # at least 10 timed steps
+    budget_steps = max(10, min(warmup_iters, 200))
     while True:
         lr = get_lr(iter_num)
         for group in optimizer.param_groups:
@@ -450,10 +453,12 @@ def main():
         t1 = time.time()
         dt, t0 = t1 - t0, t1
         step_times.append(dt)
-        if not budget_fixed and len(step_times) == 10:
-            # the budget is spent by the loop so far, the remaining steps at the median step time and the evals
-            # still to come; rank 0 decides for all, so every rank stops at the same iteration
-            step_time = sorted(step_times)[len(step_times) // 2]
+        if not budget_fixed and len(step_times) == budget_steps:
+            # the budget is spent by the loop so far, the remaining steps at the median time of the later half of
+            # the timed steps (the first ones run slower) and the evals still to come; rank 0 decides for all, so
+            # every rank stops at the same iteration
+            steady = sorted(step_times[budget_steps // 2:])
+            step_time = steady[len(steady) // 2]
             last = torch.tensor([min(max_iters, fit_budget(max_seconds, t1 - loop_start, iter_num + 1, step_time,
                                                            eval_seconds, eval_interval))], device=device_name)
             if ddp:

@@ -82,7 +82,7 @@ def test_fit_budget_by_hand():
 def test_time_budget_shrinks_the_schedule_and_resume_keeps_it(shakespeare_char, data_root, tmp_path):
     out = str(tmp_path / 'budget')
     env = {'NANO4M_DATA': data_root}
-    # a budget already spent when it is checked (after 10 steps): the run stops there, its cosine ended at min_lr
+    # a budget already spent when it is checked (after 10 steps: warmup_iters=2 is shorter): the run stops there, its cosine ended at min_lr
     r = train(out, '--max_iters=200', '--lr_decay_iters=200', '--eval_interval=100', '--max_seconds=0.001',
               '--min_lr=1e-4', env=env)
     assert 'time budget' in r.stdout and 'trained 10 iterations' in r.stdout
