@@ -194,10 +194,12 @@ def caption_to_rgb_table(n=300, num_reference=2000, steps=8, flow_steps=16, scal
         print(f"  {rows[-1][0]:<60} {scale!s:<4} objects found {found:.3f}  realism FD {fd:8.3f}"
               + ('' if images_per_s is None else f"  {images_per_s:7.1f} images/s"), flush=True)
         if grid_dir:
-            pictures = [np.asarray(truth['rgb'][:8])] + [np.asarray(images[:8])]
-            pictures = [p if p.dtype == np.uint8 else (p * 255).round().astype(np.uint8) for p in pictures]
+            picture = np.asarray(images[:8])
+            pictures.append(picture if picture.dtype == np.uint8 else (picture * 255).round().astype(np.uint8))
             slug = ''.join(c if c.isalnum() else '_' for c in f"{name}_cfg{scale}")
-            save_image_grid(os.path.join(grid_dir, f"{len(rows):02d}_{slug}.png"), np.concatenate(pictures), per_row=8)
+            save_image_grid(os.path.join(grid_dir, f"{len(rows):02d}_{slug}.png"),
+                            np.concatenate([pictures[0], pictures[-1]]), per_row=8)
+    pictures = []
     add('real val images', truth['rgb'])
     add('val tokens decoded (tokenizer bound)', decode_image_tokens(data_name, val['rgb'][:n], view))
     add("another scene's image (chance)", np.roll(truth['rgb'], 1, 0))
@@ -223,6 +225,9 @@ def caption_to_rgb_table(n=300, num_reference=2000, steps=8, flow_steps=16, scal
                 images, name = decode_image_tokens(data_name, tokens, view), (f'MaskGIT T={steps}' if kind == 'maskgit'
                                                                              else 'GPT (AR, KV cache)')
             add(name, images, scale, n / dt, source=d)
+    if grid_dir:  # every row in one picture: scenes 0-7 across, one row per table row, in the table's order
+        print(f"picture grids in {grid_dir}/, all rows: "
+              f"{save_image_grid(os.path.join(grid_dir, 'all.png'), np.concatenate(pictures), per_row=8)}")
     print(f"\n| caption -> rgb, {n} val scenes | CFG | objects with right colour + shape in place | realism FD "
           f"(vs {num_reference} train renders) | images/s |\n|---|---|---|---|---|")
     for name, scale, found, fd, ips in rows:
