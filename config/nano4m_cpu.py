@@ -1,8 +1,8 @@
 # nano4M on 2 CPU cores, what make demo trains: CLEVR-like scenes at 8x8 token grids, six modalities (rgb, depth,
 # normals, semseg, caption, boxes), 3+3 layers, width 192, 4.28M parameters; 4M's span-masked sequences and input
-# dropout, plus two 3x3 convs over the image token grid (grid_conv). 2500 iterations: 7-17 min on 2 idle cores,
-# depending on the VM (median 170-393 ms per iteration). Reaches (scorecard): rgb->semseg mIoU 0.38-0.41 (prior 0.23,
-# bound 0.61), abs-rel 0.073, caption attributes 0.59, boxes IoU 0.53-0.55, caption->rgb 0.12-0.15 (CFG 3: 0.20-0.23).
+# dropout, plus two 3x3 convs over the image token grid (grid_conv). 2500 iterations or 12.5 minutes, whichever comes
+# first: 7-12 min on 2 idle cores (170-280 ms per iteration); a 362 ms host fits 2036. Reaches (scorecard): rgb->semseg
+# mIoU 0.38-0.41 at 2500 iterations, 0.353 at 2036 (prior 0.23, bound 0.61), abs-rel 0.073, boxes IoU 0.48-0.55.
 #   python prepare.py clevr && python train.py config/nano4m_cpu.py      (on a busy machine: OMP_NUM_THREADS=1)
 out_dir = 'out-nano4m-cpu'
 dataset = 'clevr'
