@@ -64,6 +64,7 @@ class FlowDiT(nn.Module):
         assert c.norm_placement == 'pre', "flow's adaptive norms sit before attention and MLP: norm_placement='pre'"
         assert c.t_sampling in ('logit_normal', 'uniform'), \
             f"unknown t_sampling {c.t_sampling!r}: 'logit_normal' or 'uniform'"
+        assert c.flow_target in ('v', 'x'), f"unknown flow_target {c.flow_target!r}: 'v' or 'x'"
         self.config = c
         self.side = c.image_size // c.patch_size  # patches per row
         self.num_patches = self.side ** 2
@@ -126,8 +127,13 @@ class FlowDiT(nn.Module):
         for block in self.blocks:
             x = block(x, ctx, rope=rope)
         shift, scale = self.ada_f(F.silu(ctx)).chunk(2, dim=-1)
-        x = self.patch_out(modulate(self.norm_f(x[:, self.prefix:]), shift, scale))  # (B, N, ch·p·p)
-        return self.unpatchify(x)
+        x = self.unpatchify(self.patch_out(modulate(self.norm_f(x[:, self.prefix:]), shift, scale)))  # like x_t
+        if c.flow_target == 'x':
+            # the network predicts the clean image and the velocity follows from it. Why: a token of 8x8x3 pixels
+            # has 192 values, more than a 128-wide network can carry, so a predicted velocity (which holds the
+            # noise) loses what does not fit; a clean image is smooth and fits (t is clipped at 0.05 against 1/t)
+            return (x_t - x) / t.view(-1, 1, 1, 1).clamp(min=0.05)
+        return x
 
     def sample_t(self, n, device):
         """Training timesteps from torch's RNG (the data normally supplies them, keyed, see data.FlowData)."""

@@ -73,6 +73,7 @@ class ModelConfig:
     in_channels: int = 0        # its channels (1 for Fashion-MNIST pixels, the FSQ latent's dims for clevr rgb)
     patch_size: int = 0         # patches of patch_size x patch_size become tokens
     t_sampling: str = 'logit_normal'  # training timesteps: 'logit_normal' (sigmoid of N(0, 1)) | 'uniform'
+    flow_target: str = 'v'      # what the network outputs: 'v' (the velocity) | 'x' (the clean image; v = (x_t - x) / t)
 
     @classmethod
     def from_dict(cls, d):

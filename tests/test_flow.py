@@ -101,6 +101,20 @@ def test_exact_velocity_recovers_x(method, steps):
     assert calls[0] == 1.0 and len(calls) == (2 * steps - 1 if method == 'heun' else steps)  # Heun: last step Euler
 
 
+def test_clean_image_prediction_gives_the_exact_velocity():
+    """flow_target='x': a network that outputs the clean image exactly must give the velocity ε − x, and then the
+    sampler lands on x (a sign or 1/t error in the conversion would not)."""
+    model = tiny_flow(flow_target='x').eval()
+    x = torch.randn(3, CH, SIZE, SIZE)
+    noise = torch.randn(3, CH, SIZE, SIZE)
+    model.unpatchify = lambda tokens: x  # the network's output, whatever it read: the true clean image
+    t = torch.tensor([1.0, 0.5, 0.1])
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x + t.view(-1, 1, 1, 1) * noise
+    assert torch.allclose(model.velocity(x_t, t), noise - x, atol=1e-5)
+    out = flow_sample(lambda x_t, t, dropped: model.velocity(x_t, t), noise, steps=4)
+    assert torch.allclose(out, x, atol=1e-4)
+
+
 def test_cfg_scale_one_is_the_conditional_model_bit_for_bit():
     model = randomise_zero_layers(tiny_flow()).eval()
     cond = torch.arange(4)[:, None] % NUM_CLASSES
