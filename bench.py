@@ -231,6 +231,8 @@ def flow_speed():
     default threads for every row (the flow family is trained and sampled in float32), no CFG (guidance doubles
     the batch of every scheme alike). A flow step is one pass over the image's patches (no condition tokens on
     Fashion-MNIST; on clevr the caption words as prefix), so k steps cost about k/8 of MaskGIT T=8's passes."""
+    global device
+    device = pick_device(device)  # speed_models loads on it too
     meta = load_meta(dataset)
     flow, ckpt_data = load_model(flow_dir, ckpt, device)
     if flow.config.model_type != 'flow':
@@ -246,13 +248,13 @@ def flow_speed():
     with torch.no_grad():
         for batch in (1, speed_batch):
             cond = torch.randint(view['cond_vocab_size'], (batch, P), generator=torch.Generator().manual_seed(seed))
-            cond = cond[:, 0] if P == 1 else cond
+            cond = (cond[:, 0] if P == 1 else cond).to(device)
             for r in range(speed_reps if batch == 1 else 1):
                 for name, fn in schemes:
                     if r == 0:
-                        fn(cond[:1], torch.Generator().manual_seed(seed))  # warm-up
+                        fn(cond[:1], torch.Generator(device).manual_seed(seed))  # warm-up
                     t0 = time.perf_counter()
-                    fn(cond, torch.Generator().manual_seed(seed + r))
+                    fn(cond, torch.Generator(device).manual_seed(seed + r))
                     dt = time.perf_counter() - t0
                     rows[(name, batch)] = min(rows.get((name, batch), dt), dt)
     print(f"dataset {dataset}, {torch.get_num_threads()} threads, float32, no CFG; flow {flow_dir}, "

@@ -1,10 +1,10 @@
-# Rectified flow with a DiT on clevr rgb, in the rgb tokenizer's latent space (8x8 x 4 FSQ dims in [-1, 1], one
-# token per cell), conditioned on the caption (51 word ids in front of the latent, and their mean in every adaLN):
-# 4 layers, 4 heads, 128 wide, 1.28M parameters; ~0.8 CPU-s per iteration on one thread, so ~14 CPU-min for 1000.
-# Measured so far only at step 504 of this schedule (8 CPU-min, stopped for time; val loss 1.373 -> 0.554): the judge
-# finds 41% of the captioned objects with Euler 16 (63% with CFG 3; real images 97.5%, chance 17%; docs/results.md).
+# Rectified flow with a DiT on clevr rgb, in the rgb tokenizer's latent (8x8 x 4 FSQ dims in [-1, 1]), conditioned on
+# the caption (51 words in front, their mean in every adaLN): 4 layers, 128 wide, 1.28M parameters. 1000 iterations
+# or 15 min. At ~10 CPU-min (737 iterations) the judge finds 44% of the captioned objects (63% with CFG 3; chance 17%).
+# Pixels instead: --flow_space=pixels --patch_size=8 --flow_target=x (41%). Tables: docs/results.md.
 #   python prepare.py clevr && python train.py config/flow_clevr_cpu.py
-#   python sample.py --out_dir=out-flow-clevr-cpu --mode=flow --steps=16 --cfg_scale=3.0 --num_captions=4 --num_samples=4
+#   python eval.py --mode=caption_rgb --flow_dir=out-flow-clevr-cpu --num_scenes=300 --grid_dir=caption_rgb
+out_dir=out-flow-clevr-cpu --mode=flow --steps=16 --cfg_scale=3.0 --num_captions=4 --num_samples=4
 #   python eval.py --mode=caption_rgb --flow_dir=out-flow-clevr-cpu --num_scenes=300
 out_dir = 'out-flow-clevr-cpu'
 dataset = 'clevr'
