@@ -4,8 +4,6 @@
 # Pixels instead: --flow_space=pixels --patch_size=8 --flow_target=x (41%). Tables: docs/results.md.
 #   python prepare.py clevr && python train.py config/flow_clevr_cpu.py
 #   python eval.py --mode=caption_rgb --flow_dir=out-flow-clevr-cpu --num_scenes=300 --grid_dir=caption_rgb
-out_dir=out-flow-clevr-cpu --mode=flow --steps=16 --cfg_scale=3.0 --num_captions=4 --num_samples=4
-#   python eval.py --mode=caption_rgb --flow_dir=out-flow-clevr-cpu --num_scenes=300
 out_dir = 'out-flow-clevr-cpu'
 dataset = 'clevr'
 model_type = 'flow'

@@ -4,8 +4,6 @@
 #   python prepare.py fashion_mnist && python train.py config/flow_fashion_mnist_cpu.py
 #   python sample.py --out_dir=out-flow-fashion-mnist-cpu --mode=flow --steps=16 --cfg_scale=2.0
 #   python eval.py --mode=flow --flow_dir=out-flow-fashion-mnist-cpu
-out_dir=out-flow-fashion-mnist-cpu --mode=flow --steps=16 --cfg_scale=2.0
-#   python eval.py --mode=flow --flow_dir=out-flow-fashion-mnist-cpu
 out_dir = 'out-flow-fashion-mnist-cpu'
 dataset = 'fashion_mnist'
 model_type = 'flow'

@@ -1,3 +1,4 @@
+import os
 import pytest
 
 from configurator import ConfigError, configure
@@ -50,3 +51,20 @@ def test_missing_config_file_and_malformed_override():
         configure(defaults(), ['config/nope.py'])
     with pytest.raises(ConfigError, match="--key=value"):
         configure(defaults(), ['--compile'])
+
+
+def test_every_config_file_is_valid_for_train_py():
+    """Each config in config/ runs through train.py's configurator: Python that parses, only keys train.py knows,
+    values of the right type (a stray line in a header, or a renamed key, would only show when a user runs it).
+    A 3-6 line header comes first."""
+    import glob
+    import importlib
+    train = importlib.import_module('train')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = sorted(glob.glob(os.path.join(root, 'config', '*.py')))
+    assert len(paths) >= 15
+    for path in paths:
+        namespace = {k: getattr(train, k) for k in train._config_keys}
+        configure(namespace, [path], keys=train._config_keys)
+        header = [line for line in open(path).read().splitlines()[:7] if line.startswith('#')]
+        assert 3 <= len(header) <= 6, path
