@@ -231,10 +231,8 @@ def flow_speed():
     default threads for every row (the flow family is trained and sampled in float32), no CFG (guidance doubles
     the batch of every scheme alike). A flow step is one pass over the image's patches (no condition tokens on
     Fashion-MNIST; on clevr the caption words as prefix), so k steps cost about k/8 of MaskGIT T=8's passes."""
-    global device
-    device = pick_device(device)  # speed_models loads on it too
     meta = load_meta(dataset)
-    flow, ckpt_data = load_model(flow_dir, ckpt, device)
+    flow = load_model(flow_dir, ckpt, device)[0]
     if flow.config.model_type != 'flow':
         raise ConfigError(f"--flow_dir={flow_dir} holds a {flow.config.model_type} model, not a flow model")
     view = image_view(meta, image_modality, cond_modality)
@@ -349,11 +347,13 @@ def bench_data(device_name, autocast):
 
 
 def main():
+    global device
     try:
         configure(globals(), keys=_config_keys)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
     if mode == 'speed':
+        device = pick_device(device)  # trained models load onto it (load_model needs a device, not '')
         try:
             return flow_speed() if flow_dir else speed()
         except (ConfigError, DataError, CheckpointError) as e:

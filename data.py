@@ -323,23 +323,19 @@ class FlowData:
             raise DataError(f"unknown t_sampling {self.t_sampling!r}: choose logit_normal or uniform")
         self.cond_vocab_size, P = view['cond_vocab_size'], view['cond_len']
         d, size, ch = dataset_dir(dataset), view['image_size'], view['in_channels']
-        if view['space'] == 'pixels' and self.meta.get('kind') == 'image':  # kept as uint8, scaled per batch
+        if self.meta.get('kind') == 'image':  # pixels, kept as uint8, scaled per batch
             self.x = {s: torch.from_numpy(np.load(os.path.join(d, f'{s}_images.npy'))).view(-1, ch, size, size)
                       for s in ('train', 'val')}
             self.cond = {s: torch.from_numpy(np.load(os.path.join(d, f'{s}_labels.npy')).astype(np.int64))[:, None]
                          for s in ('train', 'val')}
-        elif view['space'] == 'pixels':  # clevr rgb renders, (N, 3, H, W) uint8
+        else:  # clevr: the rgb renders (N, 3, H, W) uint8, or the tokenizer's latents; the condition's tokens
+            if view['space'] == 'pixels':
+                self.x = {s: torch.from_numpy(np.ascontiguousarray(clevr_pixels(dataset, s, self.meta[f'{s}_scenes'], size)))
+                          .permute(0, 3, 1, 2).contiguous() for s in ('train', 'val')}
+            else:
+                self.x = {s: fsq_latents(np.load(os.path.join(d, s, f"{view['image_modality']}.npy")).reshape(-1, size, size),
+                                         view['levels']).permute(0, 3, 1, 2).contiguous() for s in ('train', 'val')}
             cname = view['cond_modality']
-            self.cond = {s: torch.from_numpy(np.load(os.path.join(d, s, f'{cname}.npy')).astype(np.int64)) if cname
-                         else None for s in ('train', 'val')}
-            self.x = {s: torch.from_numpy(np.ascontiguousarray(clevr_pixels(dataset, s, self.meta[f'{s}_scenes'], size)))
-                      .permute(0, 3, 1, 2).contiguous() for s in ('train', 'val')}
-            self.cond = {s: c if c is not None else torch.zeros(len(self.x[s]), 1, dtype=torch.long)
-                         for s, c in self.cond.items()}
-        else:
-            name, cname = view['image_modality'], view['cond_modality']
-            self.x = {s: fsq_latents(np.load(os.path.join(d, s, f'{name}.npy')).reshape(-1, size, size),
-                                     view['levels']).permute(0, 3, 1, 2).contiguous() for s in ('train', 'val')}
             self.cond = {s: torch.from_numpy(np.load(os.path.join(d, s, f'{cname}.npy')).astype(np.int64)) if cname
                          else torch.zeros(len(self.x[s]), 1, dtype=torch.long) for s in ('train', 'val')}
         patch = options.get('patch_size') or (4 if size % 4 == 0 and size > 8 else 1)

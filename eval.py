@@ -56,7 +56,7 @@ from configurator import ConfigError, configure
 from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, flow_images, flow_view, image_view,
                   load_meta, load_tokens, save_image_grid)
 from decoding import generate_image_tokens
-from judges import (accuracy, frechet_distance, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance, objects_found,
+from judges import (accuracy, frechet_distance, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance,
                     predict, score, train_classifier)
 
 # -----------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def caption_to_rgb_table(n=300, num_reference=2000, steps=8, flow_steps=16, scal
     rows = []
 
     def add(name, images, scale='', images_per_s=None, source=''):
-        found = float(np.mean([objects_found(seen, o) for seen, o in zip(judge.judge(images, objects), objects)]))
+        found = float(np.mean(judge.found(images, objects)))
         fd = frechet_distance(judge.scene_features(images), reference)
         rows.append((f'{name} ({source})' if source else name, scale, found, fd, images_per_s))
         print(f"  {rows[-1][0]:<60} {scale!s:<4} objects found {found:.3f}  realism FD {fd:8.3f}"
@@ -447,7 +447,7 @@ def score_direction(direction, tokens, truth, spec, decoder, judge, n):
     if target == 'rgb':
         images = decoder.decode('rgb', tokens)  # (N, H, W, 3) in [0, 1]
         objects = judged_objects(truth['visible'][:n])
-        found = [objects_found(seen, objs) for seen, objs in zip(judge.judge(images, objects), objects)]
+        found = judge.found(images, objects)
         return {'objects with right colour + shape in place (higher)': float(np.mean(found))}
     raise ValueError(f"no scorecard metric for target {target!r}")
 
@@ -480,8 +480,8 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
     if 'rgb' in model.names and 'caption' in model.names:
         judge = load_object_judge(os.path.join(dataset_dir(dataset), 'object_judge.pt'), seed, log)  # once per dataset
         objects = judged_objects(truth['visible'])
-        real = [objects_found(seen, o) for seen, o in zip(judge.judge(truth['rgb'], objects), objects)]
-        other = [objects_found(seen, o) for seen, o in zip(judge.judge(np.roll(truth['rgb'], 1, 0), objects), objects)]
+        real = judge.found(truth['rgb'], objects)
+        other = judge.found(np.roll(truth['rgb'], 1, 0), objects)
         notes.append(f"caption->rgb judge (a small CNN on 24x24 windows within 8 pixels of each object's true box, "
                      f"trained on train-split renders) finds {np.mean(real) * 100:.1f}% of the objects in the real val "
                      f"images, and {np.mean(other) * 100:.1f}% in the image of another scene (the chance floor)")

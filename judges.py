@@ -210,6 +210,10 @@ class ObjectJudge(nn.Module):
         return out
 
 
+    def found(self, images, objects):
+        """Per image, the share of its objects judge() sees with the right colour and shape in place (objects_found)."""
+        return [objects_found(seen, objs) for seen, objs in zip(self.judge(images, objects), objects)]
+
 def judged_objects(objects, min_pixels=20):
     """The objects caption -> rgb is scored on: visible enough to be judged (>= min_pixels pixels)."""
     return [[o for o in objs if o['visible_pixels'] >= min_pixels] for objs in objects]

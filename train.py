@@ -195,6 +195,7 @@ def main():
         if model_args[k] in (0, '', None, ()):
             model_args[k] = v
     iter_num, best_val_loss, checkpoint = 0, 1e9, None
+    budget_fixed = max_seconds <= 0  # else max_iters is fitted to max_seconds at the end of the warm-up (the loop)
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if init_from == 'resume':
         if not os.path.exists(ckpt_path):
@@ -221,6 +222,7 @@ def main():
         iter_num, best_val_loss = checkpoint['iter_num'], checkpoint['best_val_loss']
         if checkpoint.get('schedule'):  # a time-budgeted run continues the schedule its budget fixed
             max_iters, lr_decay_iters = checkpoint['schedule']['max_iters'], checkpoint['schedule']['lr_decay_iters']
+            budget_fixed = True
     elif init_from != 'scratch':
         sys.exit(f"config error: init_from must be 'scratch' or 'resume', not {init_from!r}")
     if model_args['vocab_size'] < data.model_args.get('vocab_size', 0):
@@ -250,7 +252,6 @@ def main():
         elif master:
             print(f"note: resuming on {world_size} ranks from a checkpoint of {checkpoint['world_size']}: the data "
                   f"order continues exactly, dropout's random stream is re-seeded")
-    checkpoint_schedule = checkpoint.get('schedule') if checkpoint is not None else None
     checkpoint = None  # free memory
 
     raw_model = model
@@ -380,7 +381,6 @@ def main():
     first_iter = iter_num
     step_times = []  # seconds per iteration, for the closing line's median
     eval_seconds = 0.0  # how long the last eval (and its checkpoint) took, for the time budget
-    budget_fixed = max_seconds <= 0 or (checkpoint_schedule is not None)
     # decided at the end of the warm-up, where the cosine (the part that depends on lr_decay_iters) begins; after
     # at least 10 timed steps
     budget_steps = max(10, min(warmup_iters, 200))
