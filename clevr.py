@@ -22,6 +22,10 @@ the caption, and 4 classes keep the majority-pooled token grid an easy, well-pop
 
 Objects hidden completely behind others (0 visible pixels) stay in the object list but are left out of the
 caption and the boxes, since nothing in the image shows them.
+
+Questions about the scenes (CLEVR's five families: exist, count, compare_integer, query_attribute,
+compare_attribute) are programs over the visible objects, answered exactly from the object list; see the
+questions section at the end.
 """
 
 import numpy as np
@@ -462,6 +466,442 @@ def render_scenes(num_scenes, seed, resolution=64, modalities=ALL_MODALITIES, ch
     for m in modalities:
         out[m] = np.concatenate(out[m])
     return out
+
+
+# -----------------------------------------------------------------------------
+# questions: CLEVR's five question families as small programs over the scene graph
+#
+# A program is a JSON-able dict; execute() answers it from an object list and question_text() says it in
+# words. The generator only asks what the image shows (visible objects), names every referent exactly, and
+# the balancer evens the answers out per question form, so the text alone does not give the answer away.
+
+QUESTION_FAMILIES = ['exist', 'count', 'compare_integer', 'query_attribute', 'compare_attribute']
+ATTRIBUTES = ['size', 'colour', 'material', 'shape']  # also the order of the words in a noun phrase
+ATTRIBUTE_VALUES = {'size': SIZES, 'colour': COLOURS, 'material': MATERIALS, 'shape': SHAPES}
+RELATIONS = ['left', 'right', 'front', 'behind']
+RELATION_WORDS = {'left': 'left of', 'right': 'right of', 'front': 'in front of', 'behind': 'behind'}
+RELATION_AXIS = {'left': 'x', 'right': 'x', 'front': 'y', 'behind': 'y'}
+RELATION_MARGIN = 0.35  # world units; objects closer than this along an axis are in neither relation
+MIN_VISIBLE_PIXELS = 12  # a scene with an object showing fewer (but some) pixels gets no questions
+COMPARE_OPS = ['more', 'fewer', 'equal']
+MAX_SET_ATTRIBUTES = 3  # attributes in a filter without a relation
+MAX_RELATE_ATTRIBUTES = 2  # attributes on a relation's target and on its anchor: keeps questions short
+ANSWERS = ['yes', 'no'] + [str(k) for k in range(MAX_OBJECTS + 1)] + SIZES + COLOURS + MATERIALS + SHAPES
+# every word a question or an answer may use, in a fixed order; vqa_vocab() keeps those captions lack
+QUESTION_WORDS = (['?', 'are', 'there', 'any', 'how', 'many', 'more', 'fewer', 'than', 'an', 'equal', 'number',
+                   'of', 'and', 'what', 'is', 'same', 'as', 'thing', 'things', 'spheres', 'cubes', 'cylinders',
+                   'left', 'right', 'in', 'front', 'behind', 'the'] + ATTRIBUTES + ANSWERS)
+
+
+def question_objects(objects):
+    """One scene's object list (render_scenes()['objects'][i]) -> the visible objects as
+    {'size', 'colour', 'material', 'shape', 'x', 'y'} with world x (+x = camera's right) and y (+y = away from
+    the camera). None when an object is barely visible: whether to count it would be a guess."""
+    if any(0 < o['visible_pixels'] < MIN_VISIBLE_PIXELS for o in objects):
+        return None
+    return [dict(size=o['size'], colour=o['colour'], material=o['material'], shape=o['shape'],
+                 x=o['position'][0], y=o['position'][1]) for o in objects if o['visible_pixels'] > 0]
+
+
+def objects_from_caption(text):
+    """A caption as make_caption writes it (or as a model generates it) -> question objects, with x = the
+    phrase's place in the caption (objects are listed left to right) and y = its depth region (front 0,
+    middle 1, back 2). Phrases that do not parse are skipped, so a malformed caption still gets answers."""
+    words = text.split()
+    if '.' in words:
+        words = words[:words.index('.')]
+    phrases, phrase = [], []
+    for w in words + [',']:
+        if w == ',':
+            phrases.append(phrase)
+            phrase = []
+        else:
+            phrase.append(w)
+    objects = []
+    for k, p in enumerate(phrases):  # "a large red metal cube in the back left"
+        if (len(p) == 9 and p[0] == 'a' and p[1] in SIZES and p[2] in COLOURS and p[3] in MATERIALS
+                and p[4] in SHAPES and p[5:7] == ['in', 'the'] and p[7] in POSITION_DEPTH and p[8] in POSITION_SIDE):
+            objects.append(dict(size=p[1], colour=p[2], material=p[3], shape=p[4], x=k, y=POSITION_DEPTH.index(p[7])))
+    return objects
+
+# the executor: the slow obvious code, so it can be trusted as the reference
+
+
+def matches(obj, filt):
+    return all(obj[k] == v for k, v in filt.items())
+
+
+def related(a, b, relation):
+    """Is object a `relation` of object b ('left': a is left of b)? Never true of an object and itself."""
+    if a is b:
+        return False
+    if relation == 'left':
+        return a['x'] < b['x'] - RELATION_MARGIN
+    if relation == 'right':
+        return a['x'] > b['x'] + RELATION_MARGIN
+    if relation == 'front':
+        return a['y'] < b['y'] - RELATION_MARGIN
+    if relation == 'behind':
+        return a['y'] > b['y'] + RELATION_MARGIN
+    raise ValueError(f"unknown relation {relation!r}; the relations are {RELATIONS}")
+
+
+def select(spec, objects):
+    """The objects a set spec picks, or None when its relation's anchor is not exactly one object."""
+    picked = [o for o in objects if matches(o, spec['filter'])]
+    if spec.get('relate') is None:
+        return picked
+    anchors = [o for o in objects if matches(o, spec['relate']['anchor'])]
+    if len(anchors) != 1:
+        return None
+    return [o for o in picked if related(o, anchors[0], spec['relate']['relation'])]
+
+
+def resolve(ref, objects):
+    """The one object a ref picks, or None when it picks none or several (or its anchor does)."""
+    picked = select(ref, objects)
+    return picked[0] if picked is not None and len(picked) == 1 else None
+
+
+def execute(program, objects):
+    """The answer word to a program on question objects, or None when a referring expression fails."""
+    family = program['family']
+    if family in ('exist', 'count'):
+        picked = select(program['set'], objects)
+        if picked is None:
+            return None
+        if family == 'exist':
+            return 'yes' if len(picked) > 0 else 'no'
+        return str(len(picked))
+    if family == 'compare_integer':
+        first, second = select(program['sets'][0], objects), select(program['sets'][1], objects)
+        if first is None or second is None:
+            return None
+        op = program['op']
+        holds = len(first) > len(second) if op == 'more' else len(first) < len(second) if op == 'fewer' \
+            else len(first) == len(second)
+        return 'yes' if holds else 'no'
+    if family == 'query_attribute':
+        obj = resolve(program['ref'], objects)
+        return None if obj is None else obj[program['attribute']]
+    if family == 'compare_attribute':
+        a, b = resolve(program['refs'][0], objects), resolve(program['refs'][1], objects)
+        if a is None or b is None or a is b:  # "is the X the same colour as the X" presupposes two objects
+            return None
+        return 'yes' if a[program['attribute']] == b[program['attribute']] else 'no'
+    raise ValueError(f"unknown question family {family!r}; the families are {QUESTION_FAMILIES}")
+
+# programs -> words
+
+
+def noun_phrase(filt, plural=False):
+    """'large red metal cube', 'small things': adjectives in ATTRIBUTES order, then the shape or 'thing'."""
+    words = [filt[k] for k in ATTRIBUTES[:3] if k in filt]
+    noun = filt.get('shape', 'thing')
+    return ' '.join(words + [noun + 's' if plural else noun])
+
+
+def _set_phrase(spec, plural):
+    """A set or ref in words: 'red things left of the cube'."""
+    words = noun_phrase(spec['filter'], plural)
+    if spec.get('relate') is not None:
+        words += f" {RELATION_WORDS[spec['relate']['relation']]} the {noun_phrase(spec['relate']['anchor'])}"
+    return words
+
+
+def question_text(program):
+    family = program['family']
+    if family == 'exist':
+        return f"are there any {_set_phrase(program['set'], True)} ?"
+    if family == 'count':
+        spec = program['set']
+        if spec.get('relate') is None:
+            return f"how many {noun_phrase(spec['filter'], True)} are there ?"
+        return (f"how many {noun_phrase(spec['filter'], True)} are {RELATION_WORDS[spec['relate']['relation']]} "
+                f"the {noun_phrase(spec['relate']['anchor'])} ?")
+    if family == 'compare_integer':
+        a, b = (_set_phrase(s, True) for s in program['sets'])
+        if program['op'] == 'equal':
+            return f"are there an equal number of {a} and {b} ?"
+        return f"are there {program['op']} {a} than {b} ?"
+    if family == 'query_attribute':
+        return f"what {program['attribute']} is the {_set_phrase(program['ref'], False)} ?"
+    if family == 'compare_attribute':
+        a, b = (_set_phrase(r, False) for r in program['refs'])
+        return f"is the {a} the same {program['attribute']} as the {b} ?"
+    raise ValueError(f"unknown question family {family!r}; the families are {QUESTION_FAMILIES}")
+
+
+def _longest_filter(n, exclude=()):
+    """A filter of n attributes with the most words: adjectives first (a shape only replaces 'thing')."""
+    keys = [k for k in ATTRIBUTES if k not in exclude][:n]
+    return {k: ATTRIBUTE_VALUES[k][0] for k in keys}
+
+
+def _longest_programs():
+    """The longest program of every template the generator can make (words do not depend on the values)."""
+    def spec(n, relation, exclude=()):
+        if relation is None:
+            return {'filter': _longest_filter(n, exclude), 'relate': None}
+        return {'filter': _longest_filter(MAX_RELATE_ATTRIBUTES, exclude),
+                'relate': {'relation': relation, 'anchor': _longest_filter(MAX_RELATE_ATTRIBUTES, exclude)}}
+    for relation in [None] + RELATIONS:
+        yield {'family': 'exist', 'set': spec(MAX_SET_ATTRIBUTES, relation)}
+        yield {'family': 'count', 'set': spec(MAX_SET_ATTRIBUTES, relation)}
+        for attribute in ATTRIBUTES:
+            ref = spec(MAX_SET_ATTRIBUTES, relation, (attribute,))
+            yield {'family': 'query_attribute', 'attribute': attribute, 'ref': ref}
+            yield {'family': 'compare_attribute', 'attribute': attribute, 'refs': [ref, ref]}
+    for op in COMPARE_OPS:
+        yield {'family': 'compare_integer', 'op': op, 'sets': [spec(MAX_SET_ATTRIBUTES, None)] * 2}
+
+
+QUESTION_LEN = max(len(question_text(p).split()) for p in _longest_programs())  # 28 words
+assert QUESTION_LEN <= 36, QUESTION_LEN
+
+
+def vqa_vocab():
+    """caption_vocab() unchanged (caption ids are VQA ids as they are), then '<caption>' (the prompt asking
+    for a caption), then the question and answer words captions do not have, in a fixed order."""
+    words = caption_vocab() + ['<caption>']
+    for w in QUESTION_WORDS:
+        if w not in words:
+            words.append(w)
+    return words
+
+
+_VQA_IDS = {w: i for i, w in enumerate(vqa_vocab())}
+VQA_PAD = _VQA_IDS['<pad>']
+
+
+def encode_question(text, length=QUESTION_LEN):
+    """Whitespace-split words -> int16 ids padded with <pad> to `length`."""
+    words = text.split()
+    for w in words:
+        if w not in _VQA_IDS:
+            raise ValueError(f"unknown word {w!r}; the vocabulary is {vqa_vocab()}")
+    if len(words) > length:
+        raise ValueError(f"question has {len(words)} words, more than the limit QUESTION_LEN = {length}")
+    ids = np.full(length, VQA_PAD, dtype=np.int16)
+    ids[:len(words)] = [_VQA_IDS[w] for w in words]
+    return ids
+
+
+def decode_question(ids):
+    vocab = vqa_vocab()
+    return ' '.join(vocab[i] for i in np.asarray(ids).tolist() if i != VQA_PAD)
+
+# generation: random programs whose answers come from execute()
+
+
+def _pick(rng, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def _canonical(filt):
+    return {k: filt[k] for k in ATTRIBUTES if k in filt}
+
+
+def _random_filter(objects, rng, n, exclude=()):
+    """n random attributes; their values half the time from one scene object (so sets are often not empty)
+    and half the time uniform (so empty sets, 0 and 'no' happen too)."""
+    keys = [k for k in ATTRIBUTES if k not in exclude]
+    keys = [keys[i] for i in rng.permutation(len(keys))[:n]]
+    if objects and rng.random() < 0.5:
+        obj = _pick(rng, objects)
+        return _canonical({k: obj[k] for k in keys})
+    return _canonical({k: _pick(rng, ATTRIBUTE_VALUES[k]) for k in keys})
+
+
+def _describe(target, candidates, rng, max_attributes, exclude=()):
+    """A filter that picks target alone among candidates: attributes added in random order until it is
+    unique, or None when max_attributes of them do not single it out."""
+    keys = [k for k in ATTRIBUTES if k not in exclude]
+    order = [keys[i] for i in rng.permutation(len(keys))[:max_attributes]]
+    filt = {}
+    for k in [None] + order:
+        if k is not None:
+            filt[k] = target[k]
+        if all(matches(o, filt) == (o is target) for o in candidates):
+            return _canonical(filt)
+    return None
+
+
+def _anchors(objects):
+    """(anchor, relation) pairs with no other object within the margin of the anchor along the relation's
+    axis, so every object is clearly in the relation or clearly not."""
+    pairs = []
+    for b in objects:
+        for relation in RELATIONS:
+            axis = RELATION_AXIS[relation]
+            if all(o is b or abs(o[axis] - b[axis]) >= RELATION_MARGIN for o in objects):
+                pairs.append((b, relation))
+    return pairs
+
+
+def _relation(objects, rng, anchors, exclude=()):
+    """A random clear (anchor, relation) named on its own: (relate dict, anchor, related objects) or None."""
+    if not anchors:
+        return None
+    anchor, relation = _pick(rng, anchors)
+    anchor_filter = _describe(anchor, objects, rng, MAX_RELATE_ATTRIBUTES, exclude)
+    if anchor_filter is None:
+        return None
+    near = [o for o in objects if related(o, anchor, relation)]
+    return {'relation': relation, 'anchor': anchor_filter}, anchor, near
+
+
+def _ref(target, objects, rng, anchors, exclude, relational):
+    """A ref that picks target and mentions none of `exclude`, with or without a relation; None if none found."""
+    if not relational:
+        filt = _describe(target, objects, rng, MAX_SET_ATTRIBUTES, exclude)
+        return None if filt is None else {'filter': filt, 'relate': None}
+    found = _relation(objects, rng, [(b, r) for b, r in anchors if related(target, b, r)], exclude)
+    if found is None:
+        return None
+    relate, _, near = found
+    filt = _describe(target, near, rng, MAX_RELATE_ATTRIBUTES, exclude)
+    return None if filt is None else {'filter': filt, 'relate': relate}
+
+
+def _tag(n, relational):
+    return f"f{n}" + ('/rel' if relational else '')
+
+
+def _make_set_question(family, objects, rng, anchors):
+    if rng.random() < 0.5:  # with a relation
+        found = _relation(objects, rng, anchors)
+        if found is None:
+            return None
+        relate, anchor, near = found
+        filt = _random_filter(near or objects, rng, int(rng.integers(MAX_RELATE_ATTRIBUTES + 1)))
+        if relate['anchor'].items() <= filt.items():
+            return None  # "red cubes left of the red cube": the anchor is the only one, the answer is always 0
+        spec = {'filter': filt, 'relate': relate}
+    else:
+        # exist needs an attribute: "are there any things ?" is always yes
+        n = int(rng.integers(1 if family == 'exist' else 0, MAX_SET_ATTRIBUTES + 1))
+        spec = {'filter': _random_filter(objects, rng, n), 'relate': None}
+    return {'family': family, 'set': spec}, f"{family}/" + _tag(len(spec['filter']), spec['relate'] is not None)
+
+
+def _make_compare_integer(objects, rng, anchors):
+    op = _pick(rng, COMPARE_OPS)
+    first, second = (_random_filter(objects, rng, int(rng.integers(1, MAX_SET_ATTRIBUTES + 1))) for _ in range(2))
+    if first.items() <= second.items() or second.items() <= first.items():
+        return None  # nested sets ("red things" vs "red cubes") make 'fewer' or 'more' a sure answer
+    program = {'family': 'compare_integer', 'op': op,
+               'sets': [{'filter': first, 'relate': None}, {'filter': second, 'relate': None}]}
+    return program, f"compare_integer/{op}/" + _tag(len(first) + len(second), False)
+
+
+def _make_query_attribute(objects, rng, anchors):
+    if not objects:
+        return None
+    attribute = _pick(rng, ATTRIBUTES)
+    ref = _ref(_pick(rng, objects), objects, rng, anchors, (attribute,), rng.random() < 0.5)
+    if ref is None:
+        return None
+    program = {'family': 'query_attribute', 'attribute': attribute, 'ref': ref}
+    return program, f"query_attribute/{attribute}/" + _tag(len(ref['filter']), ref['relate'] is not None)
+
+
+def _make_compare_attribute(objects, rng, anchors):
+    if len(objects) < 2:
+        return None
+    attribute = _pick(rng, ATTRIBUTES)
+    a = _pick(rng, objects)
+    # half the time a partner that shares the attribute (when there is one): 'yes' is rare otherwise
+    same = [o for o in objects if o is not a and o[attribute] == a[attribute]]
+    b = _pick(rng, same if same and rng.random() < 0.5 else [o for o in objects if o is not a])
+    refs = [_ref(o, objects, rng, anchors, (attribute,), rng.random() < 0.3) for o in (a, b)]
+    if None in refs:
+        return None
+    relational = any(r['relate'] is not None for r in refs)
+    program = {'family': 'compare_attribute', 'attribute': attribute, 'refs': refs}
+    return program, f"compare_attribute/{attribute}/" + _tag(len(refs[0]['filter']) + len(refs[1]['filter']), relational)
+
+
+_MAKERS = {
+    'exist': lambda objects, rng, anchors: _make_set_question('exist', objects, rng, anchors),
+    'count': lambda objects, rng, anchors: _make_set_question('count', objects, rng, anchors),
+    'compare_integer': _make_compare_integer,
+    'query_attribute': _make_query_attribute,
+    'compare_attribute': _make_compare_attribute,
+}
+GENERATION_TRIES = 4  # tries per wanted question: small scenes run out of distinct questions quickly
+
+
+def generate_questions(objects, rng, per_family):
+    """Up to per_family distinct questions per family about question objects (question_objects' output):
+    dicts {'family', 'group', 'text', 'answer', 'program'}. 'group' is the form of the question the balancer
+    evens answers over: family, op or attribute, number of filter attributes, relation or not."""
+    anchors = _anchors(objects)
+    out = []
+    for family in QUESTION_FAMILIES:
+        texts = set()
+        for _ in range(per_family * GENERATION_TRIES):
+            if len(texts) == per_family:
+                break
+            made = _MAKERS[family](objects, rng, anchors)
+            if made is None:
+                continue
+            program, group = made
+            text = question_text(program)
+            if text in texts:
+                continue
+            answer = execute(program, objects)
+            assert answer is not None, program  # the generator only makes questions with one right answer
+            texts.add(text)
+            out.append({'family': family, 'group': group, 'text': text, 'answer': answer, 'program': program})
+    return out
+
+
+def balance_questions(candidates, rng, tolerance=0.1):
+    """Even the answers out, in two passes. Within each group: with m the count of the group's rarest answer among
+    those holding at least 5% of its candidates, every answer is subsampled to at most ceil((1 + tolerance) * m)
+    (answers rarer than 5% are kept whole: capping at them would throw nearly everything away). Then within each
+    kind of question (the group without its filter count and relation: 'count', 'query_attribute/colour', ...) every
+    answer is subsampled to at most ceil((1 + tolerance) * the median answer's count), so the answers the groups
+    all favour (0 and 1 for counts of filtered sets) do not add up to a prior. Returns the kept candidates by scene,
+    then in their original order."""
+    groups = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(c['group'], {}).setdefault(c['answer'], []).append(i)
+    kinds = {}
+    for group in sorted(groups):
+        by_answer = groups[group]
+        total = sum(len(v) for v in by_answer.values())
+        m = min(len(v) for v in by_answer.values() if len(v) >= 0.05 * total)
+        cap = int(np.ceil((1 + tolerance) * m))
+        for answer in sorted(by_answer):
+            kept = by_answer[answer]
+            if len(kept) > cap:
+                kept = rng.choice(kept, cap, replace=False).tolist()
+            kinds.setdefault(group.split('/f')[0], {}).setdefault(answer, []).extend(kept)
+    keep = []
+    for kind in sorted(kinds):
+        by_answer = kinds[kind]
+        cap = int(np.ceil((1 + tolerance) * np.median([len(v) for v in by_answer.values()])))
+        for answer in sorted(by_answer):
+            kept = by_answer[answer]
+            keep += rng.choice(kept, cap, replace=False).tolist() if len(kept) > cap else kept
+    keep.sort(key=lambda i: (candidates[i].get('scene', 0), i))
+    return [candidates[i] for i in keep]
+
+
+def make_questions(scene_objects, seed, per_family):
+    """Balanced questions for a split: scene_objects = render_scenes()['objects']. Scene i's candidates come
+    from default_rng([seed, 7, i]), so they do not depend on the other scenes; each kept dict gets 'scene'."""
+    candidates = []
+    for i, objs in enumerate(scene_objects):
+        objects = question_objects(objs)
+        if objects is None:
+            continue
+        for q in generate_questions(objects, np.random.default_rng([seed, 7, i]), per_family):
+            q['scene'] = i
+            candidates.append(q)
+    return balance_questions(candidates, np.random.default_rng([seed, 8]))
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ Builds every dataset nano4M trains on, into data/<name>/ with a meta.json that s
     python prepare.py fashion_mnist      # 28x28 clothing images -> 7x7 token grids, 10 classes
     python prepare.py fashion_mnist --input=DIR   # the four IDX .gz files from a local folder
     python prepare.py clevr              # CLEVR-like multimodal scenes for the 4m family (~5 min on 2 cores)
+                                         # (+ balanced questions about them, for VQA)
     python prepare.py clevr --grid=16    # the same scenes on 16x16 token grids, into data/clevr16
 
 Each dataset comes from its canonical source when the internet is there and from an offline copy when not
@@ -233,10 +234,11 @@ CLEVR_RAW = ('depth', 'depth_valid', 'semseg')  # val ground truth kept at full 
 
 def render_clevr_split(num_scenes, split, keep_raw, grid=(CLEVR_GRID, CLEVR_GRID), chunk=2000):
     """Render a split in chunks (the normals of 30k scenes alone take 1.5 GB) and tokenize what needs no
-    network right away. Returns ({modality: tokens}, rgb images, raw ground truth or None, caption texts)."""
+    network right away. Returns ({modality: tokens}, rgb images, raw ground truth or None, caption texts,
+    object lists)."""
     import clevr
     tokens = {'depth': [], 'normals': [], 'semseg': [], 'caption': [], 'boxes': []}
-    rgb, raw, texts = [], {k: [] for k in CLEVR_RAW}, []
+    rgb, raw, texts, objects = [], {k: [] for k in CLEVR_RAW}, [], []
     for start in range(0, num_scenes, chunk):
         n = min(chunk, num_scenes - start)
         # scene i of a split is drawn from (split seed, i): chunks compose, and the splits never overlap
@@ -249,13 +251,37 @@ def render_clevr_split(num_scenes, split, keep_raw, grid=(CLEVR_GRID, CLEVR_GRID
         tokens['boxes'].append(d['boxes'].astype(np.int64))
         rgb.append(d['rgb'])
         texts += d['caption_text']
+        objects += d['objects']  # the scene graphs the questions are asked about
         if keep_raw:
             for k in CLEVR_RAW:
                 raw[k].append(d[k])
         print(f"  rendered {start + n:,}/{num_scenes:,} scenes", flush=True)
     tokens = {k: np.concatenate(v) for k, v in tokens.items()}
     raw = {k: np.concatenate(v) for k, v in raw.items()} if keep_raw else None
-    return tokens, np.concatenate(rgb), raw, texts
+    return tokens, np.concatenate(rgb), raw, texts, objects
+
+
+CLEVR_QUESTIONS_PER_FAMILY = {'train': 4, 'val': 5}  # candidates per scene and family, before balancing
+
+
+def write_clevr_questions(split_dir, split, objects):
+    """Balanced CLEVR-style questions about a split's scenes (clevr.make_questions) as arrays next to the
+    modalities; val also gets them as JSON with their programs. Returns the questions' families."""
+    import clevr
+    questions = clevr.make_questions(objects, clevr.SPLIT_SEEDS[split], CLEVR_QUESTIONS_PER_FAMILY[split])
+    vocab = {w: i for i, w in enumerate(clevr.vqa_vocab())}
+    encoded = [clevr.encode_question(q['text']) for q in questions]
+    np.save(os.path.join(split_dir, 'questions.npy'),
+            np.stack(encoded) if encoded else np.zeros((0, clevr.QUESTION_LEN), dtype=np.int16))
+    np.save(os.path.join(split_dir, 'answers.npy'), np.array([vocab[q['answer']] for q in questions], dtype=np.int16))
+    np.save(os.path.join(split_dir, 'question_scene.npy'), np.array([q['scene'] for q in questions], dtype=np.int32))
+    families = [q['family'] for q in questions]
+    np.save(os.path.join(split_dir, 'question_family.npy'),
+            np.array([clevr.QUESTION_FAMILIES.index(f) for f in families], dtype=np.int8))
+    if split == 'val':
+        write_json(os.path.join(split_dir, 'questions.json'),
+                   [{k: q[k] for k in ('scene', 'family', 'text', 'answer', 'program')} for q in questions])
+    return families
 
 
 def prepare_clevr(args):
@@ -272,8 +298,8 @@ def prepare_clevr(args):
     tok_path = os.path.join(out_dir, 'tokenizers', 'rgb.pt')
     print(f"rendering {args.num_train:,} train + {args.num_val:,} val scenes at {CLEVR_RESOLUTION}x{CLEVR_RESOLUTION}, "
           f"{args.grid}x{args.grid} token grids, into {out_dir}")
-    train_tokens, train_rgb, _, _ = render_clevr_split(args.num_train, 'train', keep_raw=False, grid=grid)
-    val_tokens, val_rgb, val_raw, val_texts = render_clevr_split(args.num_val, 'val', keep_raw=True, grid=grid)
+    train_tokens, train_rgb, _, _, train_objects = render_clevr_split(args.num_train, 'train', keep_raw=False, grid=grid)
+    val_tokens, val_rgb, val_raw, val_texts, val_objects = render_clevr_split(args.num_val, 'val', keep_raw=True, grid=grid)
     print(f"rendered in {time.time() - t0:.0f}s")
 
     if args.rgb_tokenizer:  # a tokenizer trained elsewhere (e.g. python tokenizer.py --modality=rgb --grid=8)
@@ -328,9 +354,20 @@ def prepare_clevr(args):
         np.save(os.path.join(out_dir, 'val', f'raw_{k}.npy'), v)
     with open(os.path.join(out_dir, 'val', 'captions.txt'), 'w') as f:
         f.write('\n'.join(val_texts) + '\n')
+    t_questions = time.time()
+    question_families = {split: write_clevr_questions(os.path.join(out_dir, split), split, objects)
+                         for split, objects in (('train', train_objects), ('val', val_objects))}
+    counts = ', '.join(f"{split} {len(fams):,} (" + ', '.join(f"{f} {fams.count(f):,}" for f in clevr.QUESTION_FAMILIES)
+                       + ')' for split, fams in question_families.items())
+    print(f"questions: {counts}; {time.time() - t_questions:.1f}s")
     meta = {'kind': 'multimodal', 'source': 'clevr.py', 'resolution': CLEVR_RESOLUTION,
             'train_scenes': args.num_train, 'val_scenes': args.num_val, 'modalities': modalities,
-            'raw_val': list(CLEVR_RAW), 'rgb_tokenizer_metrics': tok_metrics}
+            'raw_val': list(CLEVR_RAW), 'rgb_tokenizer_metrics': tok_metrics,
+            # questions about the scenes (train/val questions.npy, answers.npy, question_scene.npy, ...)
+            'vqa': {'words': clevr.vqa_vocab(), 'answers': clevr.ANSWERS, 'families': clevr.QUESTION_FAMILIES,
+                    'question_len': clevr.QUESTION_LEN, 'caption_prompt': '<caption>',
+                    'train_questions': len(question_families['train']),
+                    'val_questions': len(question_families['val'])}}
     write_json(os.path.join(out_dir, 'meta.json'), meta)
     summary = ', '.join(f"{n} ({m['num_tokens']} tokens, vocab {m['vocab_size']})" for n, m in modalities.items())
     print(f"{out_dir}: {args.num_train:,} train / {args.num_val:,} val scenes; {summary}; {time.time() - t0:.0f}s")
