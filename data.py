@@ -303,8 +303,30 @@ def clevr_pixels(dataset, split, num_scenes, resolution):
     tmp = path + '.tmp.npy'
     np.save(tmp, pixels)
     os.replace(tmp, path)
-    print(f"rendered the {num_scenes:,} {split} scenes' rgb for flow_space='pixels' in {time.time() - t0:.0f}s -> {path}")
+    print(f"rendered the {num_scenes:,} {split} scenes' rgb pixels (prepare.py keeps only tokens) in {time.time() - t0:.0f}s -> {path}")
     return pixels
+
+
+def tokenizer_features(dataset, split, meta):
+    """float16 (N, h·w, ch): the rgb tokenizer's frozen encoder features of a clevr split's renders (before the layer
+    that squeezes them into the FSQ latent), computed once and cached as data/<dataset>/<split>/rgb_features.npy."""
+    n, res = meta[f'{split}_scenes'], meta['resolution']
+    path = os.path.join(dataset_dir(dataset), split, 'rgb_features.npy')
+    if os.path.exists(path):
+        features = np.load(path, mmap_mode='r')
+        if len(features) == n:
+            return features
+    from tokenizer import image_features
+    t0 = time.time()
+    tokenizer = image_tokenizer(os.path.join(dataset_dir(dataset), meta['modalities']['rgb']['tokenizer']))
+    pixels = clevr_pixels(dataset, split, n, res)
+    features = np.concatenate([image_features(tokenizer, np.array(pixels[i:i + 2048]).transpose(0, 3, 1, 2))
+                               for i in range(0, n, 2048)])
+    tmp = path + '.tmp.npy'
+    np.save(tmp, features)
+    os.replace(tmp, path)
+    print(f"computed the rgb tokenizer's features of the {n:,} {split} scenes in {time.time() - t0:.0f}s -> {path}")
+    return features
 
 
 class FlowData:
@@ -363,6 +385,164 @@ class FlowData:
         return {'x': x, 'cond': cond, 'noise': noise.float().view(-1, *self.shape), 't': t.float()}
 
 
+def question_turns(questions, answers, pad, eos):
+    """Questions (N, L) word ids padded with `pad`, answers (N,) -> turns (N, L + 2) [question ..., '?', answer,
+    <eos>, pad ...] and their lengths (N,)."""
+    N, L = questions.shape
+    n_words = (questions != pad).sum(1)  # the question ends with '?' at position n_words - 1
+    turns = np.full((N, L + 2), pad, dtype=np.int64)
+    turns[:, :L] = questions
+    turns[np.arange(N), n_words] = answers
+    turns[np.arange(N), n_words + 1] = eos
+    return turns, n_words + 2
+
+
+def pack_turns(turns, lengths, picks, length, pad):
+    """Several question turns about one image in one text, as a multi-turn VQA conversation: for each sample, the
+    turns `picks[b]` (indices into turns) in order, as many as fit in length + 1 tokens (at least the first is
+    always asked). Returns idx (B, length) and targets (B, length): the next token where it is an answer or the
+    <eos> after it, -1 (ignored) on question words and padding."""
+    B = len(picks)
+    seq = np.full((B, length + 1), pad, dtype=np.int64)
+    counted = np.zeros((B, length + 1), dtype=bool)
+    for b, chosen in enumerate(picks):
+        pos = 0
+        for i in chosen:
+            n = int(lengths[i])
+            if pos + n > length + 1:
+                break
+            seq[b, pos:pos + n] = turns[i, :n]
+            counted[b, pos + n - 2:pos + n] = True  # the answer and its <eos>
+            pos += n
+    targets = np.where(counted[:, 1:], seq[:, 1:], -1)
+    return seq[:, :-1], targets
+
+
+class VQAData:
+    """Batches for the vlm family on clevr: text `idx` (B, T) and `targets` (B, T), and the scene's `image`: its rgb
+    pixels (B, 3, H, W) in [-1, 1] (vision='pixels'), the rgb tokenizer's encoder features (B, 64, 128)
+    (vision='tokenizer', see tokenizer_features), or nothing (vision='none', the blind model). A batch is all
+    question turns or, with probability caption_frac, all captions (['<caption>', caption words, <eos>], the loss on
+    every word). A question sample is one scene and, in a keyed random order, as many of its questions as fit in the
+    caption's length ([question ..., '?', answer, <eos>] each, the loss on the answers and their <eos>; ~3 a sample):
+    the image is then read once for several answers, as multi-turn VQA data is, and both kinds have one shape. The
+    kind is drawn from the batch key alone, so every rank draws the same kind; samples are keyed by their global
+    index, as everywhere."""
+
+    def __init__(self, dataset, options):
+        self.meta = load_meta(dataset)
+        if 'vqa' not in self.meta:
+            raise DataError(f"dataset {dataset!r} has no questions: the vlm family trains on clevr's, written by "
+                            f"`python prepare.py clevr`")
+        vqa, d = self.meta['vqa'], dataset_dir(dataset)
+        self.words = vqa['words']
+        self.pad, eos, prompt = (self.words.index(w) for w in ('<pad>', '<eos>', vqa['caption_prompt']))
+        self.vision = options.get('vision', 'pixels')
+        self.caption_frac = options.get('caption_frac', 0.25)
+        if self.vision not in ('pixels', 'tokenizer', 'none'):
+            raise DataError(f"unknown vision {self.vision!r}: choose pixels, tokenizer or none")
+        if self.vision == 'none' and self.caption_frac > 0:
+            raise DataError("the blind model (vision='none') sees no image, so captions teach it nothing: "
+                            "set caption_frac=0")
+        self.turns, self.captions, self.images, self.asked = {}, {}, {}, {}
+        for split in ('train', 'val'):
+            load = lambda name: np.load(os.path.join(d, split, f'{name}.npy')).astype(np.int64)
+            self.turns[split] = question_turns(load('questions'), load('answers'), self.pad, eos)
+            scene = load('question_scene')  # sorted: a scene's questions are consecutive
+            asked = np.unique(scene)
+            first = np.searchsorted(scene, asked)
+            self.asked[split] = (asked, first, np.searchsorted(scene, asked, side='right') - first)
+            caption = load('caption')  # (N, CAPTION_LEN): words, <eos>, <pad>s
+            seq = np.concatenate([np.full((len(caption), 1), prompt), caption], 1)
+            self.captions[split] = (torch.from_numpy(seq[:, :-1]), torch.from_numpy(np.where(seq[:, 1:] == self.pad, -1, seq[:, 1:])))
+            if self.vision == 'pixels':
+                pixels = clevr_pixels(dataset, split, self.meta[f'{split}_scenes'], self.meta['resolution'])
+                self.images[split] = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).contiguous()
+            elif self.vision == 'tokenizer':
+                self.images[split] = torch.from_numpy(np.array(tokenizer_features(dataset, split, self.meta)))
+        self.text_len = self.captions['train'][0].size(1)
+        if self.turns['train'][1].max() > self.text_len + 1:
+            raise DataError(f"a question turn of {self.turns['train'][1].max()} tokens does not fit the caption's "
+                            f"{self.text_len + 1}: rebuild the data with `python prepare.py clevr`")
+        rgb = self.meta['modalities']['rgb']
+        patch = options.get('patch_size') or 8
+        side = self.meta['resolution'] // patch if self.vision == 'pixels' else rgb['grid'][0]
+        shuffle = options.get('pixel_shuffle', 2)
+        if self.vision == 'pixels' and self.meta['resolution'] % patch:
+            raise DataError(f"patch_size={patch} does not divide the {self.meta['resolution']}-pixel image")
+        if self.vision != 'none' and side % shuffle:
+            raise DataError(f"pixel_shuffle={shuffle} does not divide the vision grid's side {side}: use a divisor of it")
+        num_image_tokens = 0 if self.vision == 'none' else (side // shuffle) ** 2
+        channels = self.images['train'].size(-1) if self.vision == 'tokenizer' else 3
+        self.model_args = {'vocab_size': len(self.words), 'image_size': self.meta['resolution'], 'in_channels': channels,
+                           'patch_size': patch, 'grid_h': rgb['grid'][0], 'grid_w': rgb['grid'][1],
+                           'block_size': num_image_tokens + self.text_len}
+
+    def get_batch(self, split, batch_size, generator, rank=0, world_size=1):
+        key = batch_key(generator)
+        seeds = sample_seeds(key, rank * batch_size + torch.arange(batch_size))  # (B,)
+        u = keyed_uniform(seeds, 0, 1)[:, 0]
+        if self.caption_frac > 0 and keyed_uniform(sample_seeds(key, torch.zeros(1)), 1, 1).item() < self.caption_frac:
+            idx, targets = self.captions[split]
+            scene = (u * len(idx)).long()
+            batch = {'idx': idx[scene], 'targets': targets[scene]}
+        else:
+            asked, first, count = self.asked[split]
+            k = (u * len(asked)).long().numpy()
+            order = keyed_uniform(seeds, 2, int(count.max())).numpy()  # a random order of each scene's questions
+            picks = [first[j] + np.argsort(order[b, :count[j]]) for b, j in enumerate(k)]
+            idx, targets = pack_turns(*self.turns[split], picks, self.text_len, self.pad)
+            batch = {'idx': torch.from_numpy(idx), 'targets': torch.from_numpy(targets)}
+            scene = torch.from_numpy(asked[k])
+        if self.vision == 'pixels':
+            batch['image'] = self.images[split][scene].float() / 127.5 - 1
+        elif self.vision == 'tokenizer':
+            batch['image'] = self.images[split][scene].float()
+        return batch
+
+
+def vqa_question(vqa, text):
+    """A question typed by a person -> its word ids (the vlm's prompt), '?' split off and added if missing; an unknown
+    word is an error that lists the vocabulary."""
+    ids = {w: i for i, w in enumerate(vqa['words'])}
+    words = text.lower().replace('?', ' ? ').split()
+    if not words or words[-1] != '?':
+        words.append('?')
+    unknown = [w for w in words if w not in ids]
+    if unknown:
+        raise ValueError(f"unknown word(s) {', '.join(map(repr, unknown))}: the question vocabulary is "
+                         f"{' '.join(w for w in vqa['words'] if not w.startswith('<'))}")
+    if len(words) > vqa['question_len']:
+        raise ValueError(f"the question has {len(words)} words with '?'; at most {vqa['question_len']} fit")
+    return [ids[w] for w in words]
+
+
+def vqa_image(dataset, meta, vision, index=0, png=''):
+    """What a vlm model sees of val scene `index`, or of a PNG of the dataset's resolution: pixels (1, 3, H, W) in
+    [-1, 1] (vision='pixels') or the rgb tokenizer's encoder features (1, N, ch) (vision='tokenizer')."""
+    res = meta['resolution']
+    if png:
+        from PIL import Image
+        if not os.path.exists(png):
+            raise ValueError(f"--image={png}: no such file")
+        picture = Image.open(png).convert('RGB')
+        if picture.size != (res, res):
+            raise ValueError(f"--image={png} is {picture.size[0]}x{picture.size[1]}; the model sees {res}x{res} "
+                             f"images: resize it to {res}x{res}")
+        pixels = np.asarray(picture)[None]
+    else:
+        n_val = meta['val_scenes']
+        if not 0 <= index < n_val:
+            raise ValueError(f"--sample_idx={index}: the model can only see the val split's {n_val} scenes "
+                             f"(0..{n_val - 1}), or a PNG given with --image")
+        pixels = np.array(clevr_pixels(dataset, 'val', n_val, res)[index:index + 1])  # a writable copy of the memory map
+    if vision == 'tokenizer':
+        from tokenizer import image_features
+        tokenizer = image_tokenizer(os.path.join(dataset_dir(dataset), meta['modalities']['rgb']['tokenizer']))
+        return torch.from_numpy(image_features(tokenizer, pixels.transpose(0, 3, 1, 2))).float()
+    return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 @functools.lru_cache(maxsize=8)
 def image_tokenizer(path):
     """A trained tokenizer.py model, loaded once per process."""
@@ -402,6 +582,21 @@ def flow_images(dataset, view, x, snap=True):
     with torch.no_grad():
         y = tok.decoder(x).float().clamp(0, 1)  # (B, C, H', W')
     return (y.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def text_panel(text, width, height):
+    """Text wrapped onto a white uint8 (height, width, 3) panel, for figures that put words beside images."""
+    from PIL import Image, ImageDraw
+    img = Image.new('RGB', (width, height), (255, 255, 255))
+    draw, lines, line = ImageDraw.Draw(img), [], ''
+    for word in text.split():  # greedy wrap at ~width / 6 characters (the default bitmap font)
+        if len(line) + len(word) + 1 > width // 6:
+            lines.append(line)
+            line = ''
+        line = f'{line} {word}'.strip()
+    lines.append(line)
+    draw.multiline_text((4, 4), '\n'.join(lines), fill=(0, 0, 0))
+    return np.asarray(img)
 
 
 def save_image_grid(path, images, per_row, scale=2, pad=2):
@@ -966,7 +1161,7 @@ def load_data(dataset, model_type, block_size, options=None):
     the model's forward() arguments (rank's slice of the global batch; generator is a torch.Generator, from which
     one key is drawn, or an int key, see make_key), and .model_args, the ModelConfig fields the data fixes. `options` is
     the training config; image batch makers read mask_schedule, cond_drop, image_modality and cond_modality (flow
-    also t_sampling and patch_size)."""
+    also t_sampling and patch_size; vlm vision, caption_frac, patch_size and pixel_shuffle)."""
     options = options or {}
     kind = load_meta(dataset).get('kind')
     if kind in ('image', 'multimodal') and model_type in ('gpt', 'maskgit'):
@@ -978,6 +1173,8 @@ def load_data(dataset, model_type, block_size, options=None):
         return FourMData(dataset, options)
     if model_type == 'flow' and kind in ('image', 'multimodal'):
         return FlowData(dataset, options)
+    if model_type == 'vlm':
+        return VQAData(dataset, options)
     raise DataError(f"no batch maker for model_type {model_type!r} on {kind!r} data")
 
 # -----------------------------------------------------------------------------

@@ -42,27 +42,31 @@ class KVCache:
 
 @torch.no_grad()
 def generate_causal(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, stop_token=None,
-                    kv_cache=True, generator=None):
+                    kv_cache=True, generator=None, prefix=None):
     """Continue idx (B, T) by max_new_tokens tokens with any causal family (gpt, lstm, kgram_mlp): each has
     forward(idx, kv_cache=...) and new_kv_cache(batch_size). With kv_cache=False every step re-runs the whole
-    (cropped) context: the slow, obviously correct reference the cached path is tested against.
+    (cropped) context: the slow, obviously correct reference the cached path is tested against. prefix (B, P, C):
+    embeddings in front of the tokens at every (pre)fill (a VLM's image; the model takes forward(..., prefix=)).
 
     Past block_size: the uncached path conditions on the last block_size tokens at every step. Learned
     absolute positions cannot slide inside a cache, so the cached path, when its cache is full,
     re-prefills the last block_size // 2 tokens and goes on; that costs one prefill per block_size // 2
     new tokens and keeps every cached key at the position it was computed for."""
-    block_size = model.config.block_size
+    block_size = model.config.block_size - (prefix.size(1) if prefix is not None else 0)  # room for tokens
+    extra = {} if prefix is None else {'prefix': prefix}
     cache = model.new_kv_cache(idx.size(0)) if kv_cache else None
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     next_input = None
     for _ in range(max_new_tokens):
         if cache is None:
-            logits, _, _ = model(idx[:, -block_size:])
+            logits, _, _ = model(idx[:, -block_size:], **extra)
         else:
-            if next_input is None or cache.length + 1 > block_size:
+            if next_input is None or cache.length + 1 > model.config.block_size:
                 cache.reset()  # (re-)prefill
                 next_input = idx[:, -(block_size // 2 if next_input is not None else block_size):]
-            logits, _, _ = model(next_input, kv_cache=cache)
+                logits, _, _ = model(next_input, kv_cache=cache, **extra)
+            else:
+                logits, _, _ = model(next_input, kv_cache=cache)
         idx_next = sample_logits(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
         if stop_token is not None:
             idx_next = torch.where(done[:, None], torch.full_like(idx_next, stop_token), idx_next)

@@ -53,8 +53,8 @@ import torch
 
 from common import CheckpointError, load_model
 from configurator import ConfigError, configure
-from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, flow_images, flow_view, image_view,
-                  load_meta, load_tokens, save_image_grid)
+from data import (DataError, TokenDecoder, clevr_pixels, dataset_dir, decode_image_tokens, decode_words, flow_images, flow_view,
+                  image_view, load_meta, load_tokens, save_image_grid, text_panel, tokenizer_features)
 from decoding import generate_image_tokens
 from judges import (accuracy, frechet_distance, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance,
                     predict, score, train_classifier)
@@ -88,6 +88,8 @@ scorecard_steps = 8         # --mode=scorecard: MaskGIT steps for generated imag
 scorecard_temperature = 1.0 # --mode=scorecard: sampling temperature of caption->rgb
 json_out = ''               # --mode=4m: also write the figures to this file
 grid_dir = ''               # --mode=caption_rgb: write a picture grid per row here
+vlm_dir = ''                # --mode=vqa: the vlm run(s) to score, comma-separated (the first gets the picture)
+blind_dir = ''              # --mode=vqa: the same language model trained on the questions alone (vision='none')
 seed = 1337
 device = 'cpu'
 # -----------------------------------------------------------------------------
@@ -423,7 +425,6 @@ def sequence_tokens(model, inputs, target, seed, steps):
 
 def score_direction(direction, tokens, truth, spec, decoder, judge, n):
     """Predicted (N, L) tokens of one direction's target -> {metric name: value}."""
-    from data import decode_words
     from tokenizer import depth_abs_rel, miou, normals_angular_error, depth_delta1
     import clevr
     target = direction.split('->')[1]
@@ -546,6 +547,150 @@ def scorecard_markdown(rows, notes):
     return '\n'.join(lines + [''] + [f'- {note}' for note in notes]) + '\n'
 
 # -----------------------------------------------------------------------------
+# visual question answering (vlm)
+
+def vlm_answers(model_dir, dataset, questions, scenes, batch_size=500):
+    """A vlm run's greedy answers (answer words) to the val questions (N, L) about val scenes (N,)."""
+    model, checkpoint = load_model(model_dir, ckpt, device)
+    if checkpoint['config']['dataset'] != dataset:
+        raise DataError(f"{model_dir} was trained on {checkpoint['config']['dataset']!r}, not {dataset!r}")
+    meta = checkpoint['data_meta']
+    words, vision = meta['vqa']['words'], model.config.vision
+    images = None
+    if vision == 'pixels':
+        images = torch.from_numpy(np.array(clevr_pixels(dataset, 'val', meta['val_scenes'], meta['resolution'])))
+        images = images.permute(0, 3, 1, 2)
+    elif vision == 'tokenizer':
+        images = torch.from_numpy(np.array(tokenizer_features(dataset, 'val', meta)))
+    out = []
+    for i in range(0, len(questions), batch_size):
+        q = torch.from_numpy(questions[i:i + batch_size]).long().to(device)
+        image = None
+        if images is not None:
+            image = images[scenes[i:i + batch_size]].to(device)
+            image = image.float() / 127.5 - 1 if vision == 'pixels' else image.float()
+        ids = model.answer(q, image, pad=words.index('<pad>'), eos=words.index('<eos>'))
+        out += [words[a] for a in ids[:, 0].tolist()]
+    return out, checkpoint
+
+
+def vqa_table(dataset, vlm_dir, blind_dir='', fourm_dir='', n_pictures=12, seed=1337):
+    """Per-family accuracy on every val question of clevr: the vlm, the blind model, the majority answer of each
+    family (from the train split), the 4M model answering through its chain (rgb -> caption greedily, then the
+    question's program run on the objects the caption names; the family's majority answer where a reference in it
+    picks no object or several) and the same program on the true caption (the most a caption can tell: positions
+    in it are only left-to-right order and front/middle/back)."""
+    import clevr
+    meta = load_meta(dataset)
+    if 'vqa' not in meta:
+        raise DataError(f"dataset {dataset!r} has no questions: rebuild it with `python prepare.py clevr`")
+    d = dataset_dir(dataset)
+    with open(os.path.join(d, 'val', 'questions.json')) as f:
+        val = json.load(f)
+    families = meta['vqa']['families']
+    questions = np.load(os.path.join(d, 'val', 'questions.npy')).astype(np.int64)
+    scenes = np.load(os.path.join(d, 'val', 'question_scene.npy')).astype(np.int64)
+    truth = [q['answer'] for q in val]
+    family = [q['family'] for q in val]
+    rows, notes = {}, []
+
+    train_answers = np.load(os.path.join(d, 'train', 'answers.npy'))
+    train_family = np.load(os.path.join(d, 'train', 'question_family.npy'))
+    words = meta['vqa']['words']
+    majority = {f: words[np.bincount(train_answers[train_family == k]).argmax()] for k, f in enumerate(families)}
+    rows['majority answer per family (train)'] = [majority[f] for f in family]
+
+    def program_answers(caption_of_scene):
+        # each question's program run on the objects a caption names; where a reference picks no object or
+        # several, the program has no answer and the family's majority answer stands in for it
+        answers = [clevr.execute(q['program'], clevr.objects_from_caption(caption_of_scene[q['scene']])) for q in val]
+        unanswered = sum(a is None for a in answers)
+        return [majority[f] if a is None else a for a, f in zip(answers, family)], unanswered
+
+    captions = [clevr.decode_caption(c) for c in load_tokens(dataset, 'val')['caption']]
+    answers, unanswered = program_answers(captions)
+    rows['program on the true caption (bound of the 4M chain)'] = answers
+    notes.append(f"program on the true caption: {unanswered:,} questions without a unique referent in it "
+                 f"({100 * unanswered / len(val):.1f}%, answered with the family's majority)")
+    if fourm_dir:
+        model, checkpoint = load_model(fourm_dir, ckpt, device)
+        spec = checkpoint['data_meta']['modalities']['caption']
+        needed = sorted(set(scenes.tolist()))
+        rgb = load_tokens(dataset, 'val')['rgb']
+        t0 = time.time()
+        tokens = sequence_tokens(model, {'rgb': rgb[needed]}, 'caption', seed, scorecard_steps)
+        generated = dict(zip(needed, (decode_words(spec, t) for t in tokens)))
+        answers, unanswered = program_answers(generated)
+        rows[f'4M chain: rgb -> caption -> program ({fourm_dir})'] = answers
+        notes.append(f"4M chain: {len(needed)} captions in {time.time() - t0:.0f}s, {checkpoint['iter_num']} "
+                     f"iterations of {fourm_dir}; {unanswered:,} questions without a unique referent in the generated "
+                     f"caption ({100 * unanswered / len(val):.1f}%, answered with the family's majority)")
+    vlm_dirs = [r for r in vlm_dir.split(',') if r]
+    for name, run in [('blind', blind_dir)] + [('vlm', r) for r in vlm_dirs]:
+        if run:
+            t0 = time.time()
+            answers, checkpoint = vlm_answers(run, dataset, questions, scenes)
+            rows[f"{name}: {run} ({checkpoint['model_config']['vision']}, {checkpoint['iter_num']} iterations)"] = answers
+            notes.append(f"{name}: {len(answers)} answers in {time.time() - t0:.1f}s")
+
+    header = f"| {len(val):,} val questions | " + ' | '.join(families) + " | overall |"
+    lines = [header, '|' + '---|' * (len(families) + 2)]
+    counts = {f: family.count(f) for f in families}
+    results = {}
+    for name, answers in rows.items():
+        right = [a == t for a, t in zip(answers, truth)]
+        per = {f: float(np.mean([r for r, g in zip(right, family) if g == f])) for f in families}
+        results[name] = {**per, 'overall': float(np.mean(right))}
+        lines.append(f"| {name} | " + ' | '.join(f"{100 * per[f]:.1f}" for f in families) + f" | {100 * np.mean(right):.1f} |")
+    lines.append('| questions | ' + ' | '.join(f"{counts[f]:,}" for f in families) + f" | {len(val):,} |")
+
+    # what the families hide: which attribute a query asks for, and whether a question needs a spatial relation
+    def has_relation(node):
+        if isinstance(node, dict):
+            return node.get('relate') is not None or any(has_relation(v) for v in node.values())
+        return isinstance(node, list) and any(has_relation(v) for v in node)
+    groups = {f"query {a}": [q['family'] == 'query_attribute' and q['program']['attribute'] == a for q in val]
+              for a in ('size', 'colour', 'material', 'shape')}
+    relational = [has_relation(q['program']) for q in val]
+    groups['with a relation'] = relational
+    groups['without'] = [not r for r in relational]
+    lines += ['', f"| by kind | " + ' | '.join(groups) + " |", '|' + '---|' * (len(groups) + 1)]
+    for name, answers in rows.items():
+        right = np.array([a == t for a, t in zip(answers, truth)])
+        per = {g: float(right[np.array(m)].mean()) if any(m) else float('nan') for g, m in groups.items()}
+        results[name].update(per)
+        lines.append(f"| {name} | " + ' | '.join(f"{100 * v:.1f}" for v in per.values()) + " |")
+    lines.append('| questions | ' + ' | '.join(f"{sum(m):,}" for m in groups.values()) + " |")
+    table_md = '\n'.join(lines) + '\n\n' + '\n'.join(f"- {n}" for n in notes) + '\n'
+    print(table_md)
+
+    if vlm_dirs and n_pictures:  # val scenes, each with one question, the vlm's answer and the truth
+        answers = rows[[k for k in rows if k.startswith('vlm')][0]]
+        picks, seen = [], set()
+        for i, q in enumerate(val):
+            if q['scene'] not in seen and families.index(q['family']) == len(picks) % len(families):
+                picks.append(i)
+                seen.add(q['scene'])
+            if len(picks) == n_pictures:
+                break
+        pixels = clevr_pixels(dataset, 'val', meta['val_scenes'], meta['resolution'])
+        from PIL import Image
+        panels = []
+        for i in picks:
+            scene = np.asarray(Image.fromarray(pixels[val[i]['scene']]).resize((192, 192), Image.NEAREST))
+            mark = 'right' if answers[i] == truth[i] else 'WRONG'
+            words_panel = text_panel(f"{val[i]['text']} model: {answers[i]} ({mark}) true: {truth[i]}", 192, 72)
+            panels.append(np.concatenate([scene, words_panel], 0))
+        path = os.path.join(vlm_dirs[0], 'vqa_examples.png')
+        save_image_grid(path, np.stack(panels), per_row=6, scale=1)
+        print(f"wrote {path}")
+    path = os.path.join(vlm_dirs[0] if vlm_dirs else '.', 'vqa.md')
+    with open(path, 'w') as f:
+        f.write(table_md)
+    return results
+
+
+# -----------------------------------------------------------------------------
 
 
 def main():
@@ -568,6 +713,11 @@ def main():
             if json_out:
                 with open(json_out, 'w') as f:
                     json.dump(results, f, indent=1)
+        elif mode == 'vqa':
+            results = vqa_table('clevr' if dataset == 'fashion_mnist' else dataset, vlm_dir, blind_dir, out_dir, seed=seed)
+            if json_out:
+                with open(json_out, 'w') as f:
+                    json.dump(results, f, indent=1)
         elif mode == 'scorecard':
             rows, notes = scorecard(out_dir, [d for d in specialists.split(',') if d], random_dir, num_scenes,
                                     scorecard_cfg, scorecard_steps, scorecard_temperature, seed)
@@ -580,8 +730,8 @@ def main():
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
         else:
-            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, caption_rgb, classifier, 4m or "
-                     f"scorecard "
+            sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, caption_rgb, classifier, 4m, "
+                     f"scorecard or vqa "
                      f"(sampling speed moved to bench.py --mode=speed)")
     except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from decoding import flow_sample
-from model import MLP, Attention, Norm, init_weights, rope_2d, sincos_1d, sincos_2d
+from model import MLP, Attention, Norm, init_weights, patchify, rope_2d, sincos_1d, sincos_2d
 
 
 def modulate(x, shift, scale):
@@ -98,9 +98,7 @@ class FlowDiT(nn.Module):
 
     # patches: (B, ch, H, W) <-> (B, N, ch·p·p), raster order over the (H/p, W/p) grid
     def patchify(self, x):
-        B, ch, H, W = x.shape
-        p, s = self.config.patch_size, self.side
-        return x.view(B, ch, s, p, s, p).permute(0, 2, 4, 1, 3, 5).reshape(B, s * s, ch * p * p)
+        return patchify(x, self.config.patch_size)
 
     def unpatchify(self, x):
         B = x.size(0)

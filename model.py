@@ -6,7 +6,8 @@ nano4M's model families on one set of shared Transformer blocks, read top to bot
   'maskgit'     bidirectional Transformer over an image's token grid: predicts masked tokens, decoded iteratively
   '4m'          encoder-decoder over sets of tokens from several modalities: the encoder reads any visible subset,
                 the decoder's queries (modality + position) predict any other subset (any-to-any, chained generation)
-  FAMILIES      model_type -> class: the one place a family is registered (baselines.py adds 'lstm', 'kgram_mlp')
+  FAMILIES      model_type -> class: the one place a family is registered (baselines.py adds 'lstm', 'kgram_mlp',
+                flow.py 'flow' (a DiT), vlm.py 'vlm' (a vision encoder in front of this file's GPT))
 Inference state and sampling (KV cache, filters, guidance, decoding loops) live in decoding.py, optimizers in
 optim.py; this file imports only decoding.py, so it can be read on its own.
 """
@@ -26,7 +27,7 @@ from decoding import KVCache, cfg_logits, generate_causal, iterative_decode, sam
 
 @dataclass
 class ModelConfig:
-    model_type: str = 'gpt'     # 'gpt' | 'maskgit' | '4m' | 'lstm' | 'kgram_mlp'
+    model_type: str = 'gpt'     # 'gpt' | 'maskgit' | '4m' | 'flow' | 'vlm' | 'lstm' | 'kgram_mlp'
     block_size: int = 1024      # longest sequence the positions cover
     vocab_size: int = 50304     # GPT-2's 50257 padded up to a multiple of 64 for speed
     n_layer: int = 12
@@ -74,6 +75,12 @@ class ModelConfig:
     patch_size: int = 0         # patches of patch_size x patch_size become tokens
     t_sampling: str = 'logit_normal'  # training timesteps: 'logit_normal' (sigmoid of N(0, 1)) | 'uniform'
     flow_target: str = 'v'      # what the network outputs: 'v' (the velocity) | 'x' (the clean image; v = (x_t - x) / t)
+    # vlm (vlm.py: vision encoder + projector + GPT; image_size, in_channels, patch_size and the grid as above)
+    vision: str = 'pixels'      # what the vision encoder reads: 'pixels' (a ViT over patch_size patches) | 'tokenizer'
+                                # (the rgb tokenizer's frozen encoder features, in_channels per grid cell) | 'none'
+                                # (no image: the blind, question-only model)
+    n_layer_vision: int = 2     # the vision encoder's depth (its width and heads are n_embd, n_head)
+    pixel_shuffle: int = 2      # the projector folds pixel_shuffle x pixel_shuffle neighbouring patches into one token
 
     @classmethod
     def from_dict(cls, d):
@@ -151,6 +158,12 @@ def apply_rope(x, rope):
     x1, x2 = x.float().chunk(2, dim=-1)
     rotated = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return rotated.type_as(x)
+
+
+def patchify(x, p):
+    """Images (B, ch, H, W) -> patches (B, H/p · W/p, ch·p·p) in raster order over the (H/p, W/p) grid."""
+    B, ch, H, W = x.shape
+    return x.view(B, ch, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (H // p) * (W // p), ch * p * p)
 
 
 def softcap(logits, cap):
@@ -367,17 +380,20 @@ class GPT(nn.Module):
         self.tok_emb.weight = self.lm_head.weight  # weight tying
         init_weights(self, config.n_layer)
 
-    def forward(self, idx, targets=None, kv_cache=None):
-        """idx (B, T) token ids; targets (B, T) or None. Returns (logits, loss, metrics).
+    def forward(self, idx, targets=None, kv_cache=None, prefix=None):
+        """idx (B, T) token ids; targets (B, P + T) or None; prefix (B, P, C) or None: embeddings that go in front
+        of the tokens (a VLM's image). Returns (logits, loss, metrics).
 
         Without targets only the last position's logits are computed (all that sampling needs)."""
         c = self.config
-        B, T = idx.shape
+        x = self.tok_emb(idx)  # (B, T, C)
+        if prefix is not None:
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + T, C)
+        B, T = x.shape[:2]
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > c.block_size:
             raise ValueError(f"sequence of length {start + T} is longer than block_size {c.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
-        x = self.tok_emb(idx)  # (B, T, C)
         if c.pos == 'learned':
             x = x + self.pos_emb(pos)
         elif c.pos == 'sincos':
@@ -915,7 +931,7 @@ def flops_per_token(model, seq_len):
 # model_type -> 'module.Class'. A new family is one line here; families outside this file import its blocks, so
 # they are imported when built rather than at the top (no import cycle)
 FAMILIES = {'gpt': 'model.GPT', 'maskgit': 'model.MaskGIT', '4m': 'model.FourM',
-            'lstm': 'baselines.LSTM', 'kgram_mlp': 'baselines.KGramMLP', 'flow': 'flow.FlowDiT'}
+            'lstm': 'baselines.LSTM', 'kgram_mlp': 'baselines.KGramMLP', 'flow': 'flow.FlowDiT', 'vlm': 'vlm.VLM'}
 
 
 def build_model(config):

@@ -23,6 +23,12 @@ Fashion-MNIST one row per class, clevr one row per caption (rgb latents decoded 
     python sample.py --out_dir=out-flow-clevr-cpu --mode=flow --caption="a large red metal cube in the middle left"
     python sample.py --out_dir=out-flow-fashion-mnist-cpu --mode=flow --return_history=True   # the trajectory strip
 
+--mode=vqa: a vlm model answers a question about val scene --sample_idx (or a 64x64 PNG, --image=FILE), greedily
+with the KV cache; without --question it captions the scene and answers the scene's own val questions:
+
+    python sample.py --mode=vqa --out_dir=out-vlm-clevr-cpu --sample_idx=3 --question="how many red things are left of the cube ?"
+    python sample.py --mode=vqa --out_dir=out-vlm-clevr-cpu --sample_idx=3
+
 --mode=chain: chained any-to-any generation (4m family). Each generated modality joins the inputs of the next step:
 
     python sample.py --mode=chain --out_dir=out-nano4m-cpu --chain="caption->semseg->depth->rgb" --sample_idx=3
@@ -51,11 +57,12 @@ import torch
 from common import DTYPES, CheckpointError, load_model, pick_device, pick_dtype
 from configurator import ConfigError, configure
 from data import (DataError, TokenDecoder, dataset_dir, decode_image_tokens, decode_words, encode_words, flow_images,
-                  flow_view, image_view, load_meta, load_tokens, save_image_grid, text_tokenizer)
+                  flow_view, image_view, load_meta, load_tokens, save_image_grid, text_panel, text_tokenizer, vqa_image,
+                  vqa_question)
 from decoding import generate_image_tokens
 
 # -----------------------------------------------------------------------------
-mode = 'ar'                 # 'ar' (gpt, lstm, kgram_mlp) | 'maskgit' (maskgit) | 'flow' (flow) | 'chain' (4m)
+mode = 'ar'                 # 'ar' (gpt, lstm, kgram_mlp) | 'maskgit' (maskgit) | 'flow' (flow) | 'chain' (4m) | 'vqa' (vlm)
 init_from = 'resume'        # 'resume' (out_dir/<ckpt>.pt) or 'scratch' (an untrained model, for smoke tests)
 out_dir = 'out'
 ckpt = 'ckpt'               # 'ckpt' (latest) or 'best'
@@ -90,6 +97,9 @@ chain = 'caption->semseg->depth->rgb'  # condition(s) '->' generated modalities,
 sample_idx = 0              # first val scene to condition on (and to show as ground truth)
 caption = ''                # condition on this text instead of a val scene's caption
 chain_dir = ''              # where PNGs and text go; '' = out_dir/chain
+# --mode=vqa (vlm): ask --question about val scene --sample_idx, or about the 64x64 PNG --image
+question = ''               # '' asks the scene's own val questions (with their true answers) and captions it
+image = ''                  # a PNG to ask about instead of a val scene
 # -----------------------------------------------------------------------------
 _config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 
@@ -234,17 +244,18 @@ def main():
     model.to(ptdtype) if ptdtype != torch.float32 else None
 
     family = model.config.model_type
-    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',), 'flow': ('flow',), 'chain': ('4m',)}
+    modes = {'ar': ('gpt', 'lstm', 'kgram_mlp'), 'maskgit': ('maskgit',), 'flow': ('flow',), 'chain': ('4m',),
+             'vqa': ('vlm',)}
     if mode not in modes:
-        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp), maskgit (maskgit), flow (flow) "
-                 f"or chain (4m)")
+        sys.exit(f"sample.py: unknown --mode={mode!r}; choose ar (gpt, lstm, kgram_mlp), maskgit (maskgit), flow (flow), "
+                 f"chain (4m) or vqa (vlm)")
     if family not in modes[mode]:
         other = [m for m, families in modes.items() if family in families]
         sys.exit(f"sample.py: --mode={mode} needs a {' or '.join(modes[mode])} model, but {out_dir} holds a {family} "
                  f"model: use --mode={other[0] if other else '?'}")
-    if mode == 'chain':
+    if mode in ('chain', 'vqa'):
         try:
-            run_chain(model, dataset, meta, generator, device_name)
+            (run_chain if mode == 'chain' else run_vqa)(model, dataset, meta, generator, device_name)
         except (ValueError, DataError) as e:  # DataError: the dataset (val scenes, tokenizers) is gone
             sys.exit(f"sample.py: {e}")
         return
@@ -281,6 +292,47 @@ def main():
             dt = time.time() - t0
             print(tok.decode(y[0].tolist()))
             print(f'--------------- ({y.size(1) - x.size(1)} tokens in {dt:.2f}s, kv_cache={kv_cache})')
+
+
+# -----------------------------------------------------------------------------
+# visual question answering (vlm)
+
+def run_vqa(model, dataset, meta, generator, device_name):
+    """Answer --question about val scene --sample_idx (or the PNG --image) greedily with the KV cache; with no
+    --question, caption the scene and answer two of its val questions per family next to their true answers."""
+    vqa, words = meta['vqa'], meta['vqa']['words']
+    vision = model.config.vision
+    picture = None
+    if vision == 'none':
+        print(f"note: {out_dir} is the blind model (vision='none'): it answers from the question alone")
+    else:
+        picture = vqa_image(dataset, meta, vision, sample_idx, image).to(device_name)
+    where = image or f"val scene {sample_idx}"
+    eos = words.index('<eos>')
+
+    def ask(ids, max_new_tokens):
+        x = torch.tensor(ids, dtype=torch.long, device=device_name)[None, :]
+        y = model.generate(x, max_new_tokens, image=picture, stop_token=eos, kv_cache=kv_cache)
+        return ' '.join(words[i] for i in y[0, len(ids):].tolist() if i != eos)
+
+    with torch.no_grad():
+        if question:
+            ids = vqa_question(vqa, question)
+            print(f"{where}: {' '.join(words[i] for i in ids)}\nanswer: {ask(ids, 4)}")
+            return
+        if not image and vision != 'none':
+            spec = meta['modalities']['caption']
+            print(f"{where}, caption: {ask([words.index(vqa['caption_prompt'])], spec['num_tokens'])}")
+            print(f"true caption: {decode_words(spec, load_tokens(dataset, 'val')['caption'][sample_idx])}")
+        path = os.path.join(dataset_dir(dataset), 'val', 'questions.json')
+        if image or not os.path.exists(path):
+            raise ValueError("--question=TEXT is needed for a PNG (or a dataset without val questions.json), e.g. "
+                             "--question='how many red things are left of the cube ?'")
+        import json
+        with open(path) as f:
+            asked = [q for q in json.load(f) if q['scene'] == sample_idx]
+        for q in [q for f in vqa['families'] for q in [q for q in asked if q['family'] == f][:2]]:  # two per family
+            print(f"{q['text']}  ->  {ask(vqa_question(vqa, q['text']), 4)}   (true: {q['answer']}, {q['family']})")
 
 
 # -----------------------------------------------------------------------------
@@ -325,20 +377,6 @@ def parse_chain(text, defaults):
             step[key] = step_value(key, value, part)
         plan.append(step)
     return conditions, plan
-
-
-def text_panel(text, width, height):
-    from PIL import Image, ImageDraw
-    img = Image.new('RGB', (width, height), (255, 255, 255))
-    draw, lines, line = ImageDraw.Draw(img), [], ''
-    for word in text.split():  # greedy wrap at ~width / 6 characters (the default bitmap font)
-        if len(line) + len(word) + 1 > width // 6:
-            lines.append(line)
-            line = ''
-        line = f'{line} {word}'.strip()
-    lines.append(line)
-    draw.multiline_text((4, 4), '\n'.join(lines), fill=(0, 0, 0))
-    return np.asarray(img)
 
 
 def chain_figure(columns, scale=2):

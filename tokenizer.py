@@ -160,6 +160,12 @@ class ImageTokenizer(nn.Module):
         return self.fsq.digits_to_tokens(self.fsq.quantize(z))
 
     @torch.no_grad()
+    def features(self, images):
+        """images float (B, C, H, W) in [0, 1] -> the encoder's last hidden features (B, widths[-1], h, w), before the
+        1x1 conv that squeezes them to the latent's D channels: what a vision-language model reads (vlm.py)."""
+        return self.encoder[:-1](images * 2 - 1).float()
+
+    @torch.no_grad()
     def decode(self, tokens):
         """tokens (B, h, w) long -> images float (B, C, H, W) clamped to [0, 1]."""
         recon = self.decoder(self.fsq.digits_to_latent(self.fsq.tokens_to_digits(tokens)))
@@ -188,6 +194,18 @@ def reconstruct(model, images, batch_size=256, bf16=False):
             recons.append(model.decode(tok).float().cpu().numpy())
         tokens.append(tok.cpu().numpy())
     return np.concatenate(recons), np.concatenate(tokens)
+
+
+def image_features(model, images, batch_size=256):
+    """images (N, C, H, W) uint8 or float in [0, 1] -> encoder features (N, h·w, widths[-1]) float16 numpy, cells in
+    raster order."""
+    model.eval()
+    device = next(model.parameters()).device.type
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = _to_float(images[i:i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)
+        out.append(model.features(x).flatten(2).transpose(1, 2).cpu().numpy().astype(np.float16))
+    return np.concatenate(out)
 
 
 def tokenize_images(model, images, batch_size=256, bf16=False):

@@ -55,6 +55,7 @@ block_size = 1024            # image datasets: 0 takes the grid's length from th
 image_modality = 'rgb'       # a modality with a learned tokenizer
 cond_modality = 'caption'    # its tokens are the conditioning prefix; '' for unconditional
 flow_space = 'latent'        # flow on a multimodal dataset: 'latent' (the rgb tokenizer's) or 'pixels' (the renders)
+caption_frac = 0.25          # vlm: the share of batches that caption the image instead of answering a question
 # model
 model_type = 'gpt'
 n_layer = 12
