@@ -424,7 +424,7 @@ class VQAData:
     (vision='tokenizer', see tokenizer_features), or nothing (vision='none', the blind model). A batch is all
     question turns or, with probability caption_frac, all captions (['<caption>', caption words, <eos>], the loss on
     every word). A question sample is one scene and, in a keyed random order, as many of its questions as fit in the
-    caption's length ([question ..., '?', answer, <eos>] each, the loss on the answers and their <eos>; ~3 a sample):
+    caption's length ([question ..., '?', answer, <eos>] each, the loss on the answers and their <eos>; ~4 a sample):
     the image is then read once for several answers, as multi-turn VQA data is, and both kinds have one shape. The
     kind is drawn from the batch key alone, so every rank draws the same kind; samples are keyed by their global
     index, as everywhere."""
