@@ -385,6 +385,20 @@ class FlowData:
         return {'x': x, 'cond': cond, 'noise': noise.float().view(-1, *self.shape), 't': t.float()}
 
 
+def vlm_images(dataset, split, meta, vision):
+    """What a vlm's vision path reads of every scene of a clevr split, as stored: uint8 pixels (N, 3, H, W)
+    (vision='pixels') or the rgb tokenizer's float16 encoder features (N, h·w, ch) (vision='tokenizer')."""
+    if vision == 'pixels':
+        pixels = clevr_pixels(dataset, split, meta[f'{split}_scenes'], meta['resolution'])
+        return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.array(tokenizer_features(dataset, split, meta)))
+
+
+def vlm_input(images):
+    """Stored images (vlm_images) -> what the model takes: uint8 pixels to floats in [-1, 1], features to float32."""
+    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+
+
 def question_turns(questions, answers, pad, eos):
     """Questions (N, L) word ids padded with `pad`, answers (N,) -> turns (N, L + 2) [question ..., '?', answer,
     <eos>, pad ...] and their lengths (N,)."""
@@ -455,11 +469,8 @@ class VQAData:
             caption = load('caption')  # (N, CAPTION_LEN): words, <eos>, <pad>s
             seq = np.concatenate([np.full((len(caption), 1), prompt), caption], 1)
             self.captions[split] = (torch.from_numpy(seq[:, :-1]), torch.from_numpy(np.where(seq[:, 1:] == self.pad, -1, seq[:, 1:])))
-            if self.vision == 'pixels':
-                pixels = clevr_pixels(dataset, split, self.meta[f'{split}_scenes'], self.meta['resolution'])
-                self.images[split] = torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).contiguous()
-            elif self.vision == 'tokenizer':
-                self.images[split] = torch.from_numpy(np.array(tokenizer_features(dataset, split, self.meta)))
+            if self.vision != 'none':
+                self.images[split] = vlm_images(dataset, split, self.meta, self.vision)
         self.text_len = self.captions['train'][0].size(1)
         if self.turns['train'][1].max() > self.text_len + 1:
             raise DataError(f"a question turn of {self.turns['train'][1].max()} tokens does not fit the caption's "
@@ -494,10 +505,8 @@ class VQAData:
             idx, targets = pack_turns(*self.turns[split], picks, self.text_len, self.pad)
             batch = {'idx': torch.from_numpy(idx), 'targets': torch.from_numpy(targets)}
             scene = torch.from_numpy(asked[k])
-        if self.vision == 'pixels':
-            batch['image'] = self.images[split][scene].float() / 127.5 - 1
-        elif self.vision == 'tokenizer':
-            batch['image'] = self.images[split][scene].float()
+        if self.vision != 'none':
+            batch['image'] = vlm_input(self.images[split][scene])
         return batch
 
 
@@ -540,7 +549,7 @@ def vqa_image(dataset, meta, vision, index=0, png=''):
         from tokenizer import image_features
         tokenizer = image_tokenizer(os.path.join(dataset_dir(dataset), meta['modalities']['rgb']['tokenizer']))
         return torch.from_numpy(image_features(tokenizer, pixels.transpose(0, 3, 1, 2))).float()
-    return torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return vlm_input(torch.from_numpy(np.array(pixels)).permute(0, 3, 1, 2))
 
 
 @functools.lru_cache(maxsize=8)

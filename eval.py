@@ -54,7 +54,7 @@ import torch
 from common import CheckpointError, load_model
 from configurator import ConfigError, configure
 from data import (DataError, TokenDecoder, clevr_pixels, dataset_dir, decode_image_tokens, decode_words, flow_images, flow_view,
-                  image_view, load_meta, load_tokens, save_image_grid, text_panel, tokenizer_features)
+                  image_view, load_meta, load_tokens, save_image_grid, text_panel, vlm_images, vlm_input)
 from decoding import generate_image_tokens
 from judges import (accuracy, frechet_distance, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance,
                     predict, score, train_classifier)
@@ -556,19 +556,11 @@ def vlm_answers(model_dir, dataset, questions, scenes, batch_size=500):
         raise DataError(f"{model_dir} was trained on {checkpoint['config']['dataset']!r}, not {dataset!r}")
     meta = checkpoint['data_meta']
     words, vision = meta['vqa']['words'], model.config.vision
-    images = None
-    if vision == 'pixels':
-        images = torch.from_numpy(np.array(clevr_pixels(dataset, 'val', meta['val_scenes'], meta['resolution'])))
-        images = images.permute(0, 3, 1, 2)
-    elif vision == 'tokenizer':
-        images = torch.from_numpy(np.array(tokenizer_features(dataset, 'val', meta)))
+    images = None if vision == 'none' else vlm_images(dataset, 'val', meta, vision)
     out = []
     for i in range(0, len(questions), batch_size):
         q = torch.from_numpy(questions[i:i + batch_size]).long().to(device)
-        image = None
-        if images is not None:
-            image = images[scenes[i:i + batch_size]].to(device)
-            image = image.float() / 127.5 - 1 if vision == 'pixels' else image.float()
+        image = None if images is None else vlm_input(images[scenes[i:i + batch_size]]).to(device)
         ids = model.answer(q, image, pad=words.index('<pad>'), eos=words.index('<eos>'))
         out += [words[a] for a in ids[:, 0].tolist()]
     return out, checkpoint
