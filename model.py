@@ -522,7 +522,7 @@ class GridMixer(nn.Module):
 
     def forward(self, x, on_grid, pos):
         """x (B, N, C) token embeddings, on_grid (B, N) bool: visible tokens of the grid's modalities, pos (B, N)
-        their cells -> features per cell (B, h*w, C)."""
+        their cells (a finer grid's tokens share a cell) -> features per cell (B, h*w, C)."""
         B, N, C = x.shape
         cells = self.h * self.w
         idx = torch.where(on_grid, pos, cells)  # everything else goes to a spare cell that is dropped
@@ -576,15 +576,26 @@ class FourM(nn.Module):
         self.register_buffer('is_ar', is_ar, persistent=False)  # (M,)
         # sequences get twice their length in positions: a span target (sentinels + spans) can outgrow the sequence
         max_tokens = max(m['num_tokens'] * (2 if m['kind'] == 'sequence' else 1) for m in mods)
+        # Image grids may differ in size over the same picture (super-resolution: rgb_low on 8x8, rgb_high on
+        # 16x16). Positions and GridMixer cells are in units of the coarsest grid, so a token is placed where its
+        # cell's centre is: cell (r, c) of a 16x16 grid sits at (r/2 - 1/4, c/2 - 1/4) of an 8x8 one, and mixes into
+        # cell (r//2, c//2) there. With one grid size this is the plain raster position.
+        grids = [tuple(m['grid']) for m in mods if m['kind'] == 'image']
+        ref = min(grids, key=lambda g: g[0] * g[1]) if grids else None
         pos = torch.zeros(len(mods), max_tokens, C)  # (M, P, C)
+        cell = torch.full((len(mods), max_tokens), -1)  # (M, P): each token's GridMixer cell, -1 off the grid
         for i, m in enumerate(mods):
             h, w = m['grid']
             if m['kind'] == 'image':  # raster order; half the channels encode the row, half the column
                 rows, cols = torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)
-                pos[i, :h * w] = sincos_2d(rows, cols, C)
+                sh, sw = h / ref[0], w / ref[1]  # this grid's cells per coarse cell, per side
+                pos[i, :h * w] = sincos_2d((rows + 0.5) / sh - 0.5, (cols + 0.5) / sw - 0.5, C)
+                if h % ref[0] == 0 and w % ref[1] == 0:  # nested grids only
+                    cell[i, :h * w] = rows // int(sh) * ref[1] + cols // int(sw)
             else:
                 pos[i, :2 * h * w] = sincos_1d(torch.arange(2 * h * w), C)
         self.register_buffer('pos_table', pos, persistent=False)
+        self.register_buffer('grid_cell', cell, persistent=False)
 
         self.tok_emb = nn.Embedding(self.vocab_size, C)
         # An FSQ code is a mixed-radix number whose digits are quantised latent channels. The encoder adds one
@@ -612,11 +623,7 @@ class FourM(nn.Module):
         self.decoder = nn.ModuleList([Block(config, cross=True) for _ in range(n_dec)])
         self.dec_norm = Norm(config)
         self.head = nn.Linear(C, self.vocab_size, bias=False)
-        # the grid of GridMixer: the first image modality's; image modalities on another grid are left out of it
-        grids = [tuple(m['grid']) for m in mods if m['kind'] == 'image']
-        on_grid = [m['kind'] == 'image' and tuple(m['grid']) == grids[0] for m in mods] if grids else [False] * len(mods)
-        self.register_buffer('on_grid', torch.tensor(on_grid), persistent=False)  # (M,)
-        self.grid_mixer = GridMixer(C, config.grid_conv, grids[0]) if config.grid_conv and grids else None
+        self.grid_mixer = GridMixer(C, config.grid_conv, ref) if config.grid_conv and grids else None
         init_weights(self, config.n_layer + n_dec)
         nn.init.zeros_(self.head.weight)  # start from uniform predictions per modality (as 4M does)
         # sin-cos positions have RMS 1/sqrt(2): embeddings at GPT's 0.02 would be drowned 35:1 by them, and the
@@ -640,9 +647,10 @@ class FourM(nn.Module):
             x = x + self.digit_emb(self.digit_ids[ids]).sum(-2)
         grid = None
         if self.grid_mixer is not None:
-            on_grid = self.on_grid[enc_mod] & ~enc_pad
-            grid = self.grid_mixer(x, on_grid, enc_pos)
-            x = x + GridMixer.read(grid, enc_pos, on_grid)
+            cell = self.grid_cell[enc_mod, enc_pos]  # (B, N_in)
+            on_grid = (cell >= 0) & ~enc_pad
+            grid = self.grid_mixer(x, on_grid, cell)
+            x = x + GridMixer.read(grid, cell, on_grid)
         x = self.drop(x + self.pos_table[enc_mod, enc_pos])
         mask = self_attention_mask(~enc_pad)  # (B, 1, N_in, N_in)
         for block in self.encoder:
@@ -661,7 +669,8 @@ class FourM(nn.Module):
         autoregressive target and attend causally to the cached earlier ones (generation)."""
         x = self.dec_mod_emb(dec_mod) + self.pos_table[dec_mod, dec_pos]  # (B, N_tgt, C)
         if grid is not None:  # image queries start from what the visible inputs around their cell say
-            x = x + GridMixer.read(grid, dec_pos, self.on_grid[dec_mod])
+            cell = self.grid_cell[dec_mod, dec_pos]  # (B, N_tgt)
+            x = x + GridMixer.read(grid, cell, cell >= 0)
         if dec_tokens is not None:
             given = (dec_tokens >= 0)[..., None]
             x = x + self.tok_emb(dec_tokens.clamp(min=0) + self.vocab_offset[dec_mod]) * given
@@ -856,6 +865,56 @@ class FourM(nn.Module):
             out[b, :len(row)] = torch.tensor(row, dtype=torch.long)
             out[b, len(row)] = eos
         return (out, torch.stack(step_logits, 1)) if return_logits else out
+
+    @torch.no_grad()
+    def load_pretrained(self, state_dict, modalities):
+        """Start from a 4M trained on other modalities (train.py --init_from=<out_dir>): state_dict and modalities
+        (its ModelConfig.modalities) are that model's. Each of its modalities' rows in the per-modality tables (its
+        vocabulary slice of tok_emb and head, its digit_emb rows, its row of the modality embeddings) is copied to
+        where the modality sits in this model; modalities it lacks keep their fresh init; every other weight is
+        copied as is. Raises ValueError if the weights do not fit. Returns the names of the new modalities."""
+        def layout(mods):  # name -> its rows in each kind of per-modality table, laid out as in __init__
+            rows, token, digit = {}, 0, 1  # digit_emb's row 0 is the zero row of ids without digits
+            for i, m in enumerate(mods):
+                n_digits = sum(m.get('levels', ()))
+                rows[m['name']] = {'token': slice(token, token + m['vocab_size']), 'modality': slice(i, i + 1),
+                                   'digit': slice(digit, digit + n_digits)}
+                token, digit = token + m['vocab_size'], digit + n_digits
+            return rows
+
+        mine = {m['name']: m for m in self.config.modalities}
+        for m in modalities:
+            if m['name'] not in mine:
+                raise ValueError(f"the checkpoint's modality {m['name']!r} is not one of this model's {self.names}")
+            here = mine[m['name']]
+            changed = [k for k in ('kind', 'vocab_size', 'grid', 'levels') if m.get(k) != here.get(k)]
+            if changed:
+                was, now = (', '.join(f"{k}={spec.get(k)}" for k in changed) for spec in (m, here))
+                raise ValueError(f"modality {m['name']!r} has {was} in the checkpoint but {now} here: its tokens mean "
+                                 f"something else now (retokenized), so its weights cannot be transferred")
+        old, new = layout(modalities), layout(self.config.modalities)
+        tables = {self.tok_emb.weight: 'token', self.head.weight: 'token', self.enc_mod_emb.weight: 'modality',
+                  self.dec_mod_emb.weight: 'modality'}
+        if self.digit_emb is not None:
+            tables[self.digit_emb.weight] = 'digit'
+        own = self.state_dict(keep_vars=True)
+        unknown = sorted(set(state_dict) - set(own))
+        if unknown:
+            raise ValueError(f"the checkpoint has weights this model lacks: {', '.join(unknown[:3])}")
+        for name, p in own.items():
+            saved, kind = state_dict.get(name), tables.get(p)
+            if saved is None and kind == 'digit':  # the checkpoint had no FSQ modality: no digit rows to copy
+                continue
+            rows = int(kind is not None)  # a per-modality table may differ in its number of rows only
+            if saved is None or saved.shape[rows:] != p.shape[rows:]:
+                raise ValueError(f"{name} is {'missing' if saved is None else tuple(saved.shape)} in the checkpoint, "
+                                 f"{tuple(p.shape)} in this model")
+            if kind is None:  # a weight every modality shares
+                p.copy_(saved)
+            else:
+                for m in modalities:
+                    p[new[m['name']][kind]] = saved[old[m['name']][kind]]
+        return [n for n in self.names if n not in old]
 
 
 def decoder_attention(dec_mod, dec_pos, dec_pad, is_ar, dec_attn='modality'):

@@ -376,7 +376,7 @@ def test_grid_mixer_starts_as_a_no_op_and_stays_local(synth):
     from model import GridMixer
     data = make_data(synth, input_budget=(1, 10), target_budget=(1, 10))
     plain, mixed = tiny_model(data), tiny_model(data, grid_conv=2)
-    assert mixed.on_grid.tolist() == [True, True, False]  # rgb, depth on the 4x4 grid; not the caption
+    assert (mixed.grid_cell[:, 0] >= 0).tolist() == [True, True, False]  # rgb, depth on the 4x4 grid; not the caption
     plain.load_state_dict({k: v for k, v in mixed.state_dict().items() if not k.startswith('grid_mixer')})
     b = data.get_batch('train', 4, torch.Generator().manual_seed(7))
     assert torch.equal(plain(**b)[0], mixed(**b)[0])
@@ -688,3 +688,40 @@ def test_tiny_span_train_then_ar_chain_with_cfg(synth, data_root, tmp_path):
     bad = run([sys.executable, 'sample.py', '--mode=chain', f'--out_dir={out}', '--device=cpu',
                '--chain=rgb->caption@scheme=roar'], env_extra=env, check=False)
     assert bad.returncode != 0 and 'scheme=ar' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_two_grids_share_positions_and_mixer_cells():
+    """Super-resolution puts one picture on an 8x8 and a 16x16 grid. Positions are in coarse-cell units, so fine
+    cell (r, c) sits at (r/2 - 1/4, c/2 - 1/4); it mixes into coarse cell (r//2, c//2); the coarse grid keeps the
+    plain raster positions (a model with one grid size is unchanged). Catches a fine grid placed at integer
+    positions (its top-left quarter would claim the whole picture) and mixer cells read in the wrong grid."""
+    from model import FourM, GridMixer, ModelConfig, sincos_2d
+    mods = ({'name': 'low', 'kind': 'image', 'vocab_size': 5, 'num_tokens': 16, 'grid': [4, 4]},
+            {'name': 'high', 'kind': 'image', 'vocab_size': 5, 'num_tokens': 64, 'grid': [8, 8]},
+            {'name': 'cap', 'kind': 'sequence', 'vocab_size': 5, 'num_tokens': 6, 'grid': [1, 6]})
+    cfg = ModelConfig(model_type='4m', n_layer=1, n_layer_dec=1, n_head=2, n_embd=16, block_size=32, vocab_size=15,
+                      modalities=mods, grid_conv=1)
+    model = FourM(cfg)
+    r, c = torch.arange(4).repeat_interleave(4), torch.arange(4).repeat(4)
+    assert torch.equal(model.pos_table[0, :16], sincos_2d(r, c, 16))
+    for fr in range(8):
+        for fc in range(8):
+            expect = sincos_2d(torch.tensor([fr / 2 - 0.25]), torch.tensor([fc / 2 - 0.25]), 16)[0]
+            assert torch.allclose(model.pos_table[1, fr * 8 + fc], expect, atol=1e-6)
+            assert model.grid_cell[1, fr * 8 + fc] == (fr // 2) * 4 + fc // 2
+    assert model.grid_mixer.h == 4 and (model.grid_cell[2] == -1).all()
+    # a visible coarse token reaches the fine queries over its own cell and its neighbours', no farther
+    torch.nn.init.normal_(model.grid_mixer.convs[-1].weight)
+    model.eval()
+    enc_tokens = torch.zeros(1, 16, dtype=torch.long)
+    batch = dict(enc_pos=torch.arange(16)[None], enc_mod=torch.zeros(1, 16, dtype=torch.long),
+                 enc_pad=torch.zeros(1, 16, dtype=torch.bool), dec_pos=torch.arange(64)[None],
+                 dec_mod=torch.ones(1, 64, dtype=torch.long), dec_pad=torch.zeros(1, 64, dtype=torch.bool))
+    context, grid = model.encode(enc_tokens, batch['enc_pos'], batch['enc_mod'], batch['enc_pad'])
+    changed = enc_tokens.clone()
+    changed[0, 0] = 3  # coarse cell (0, 0)
+    _, grid2 = model.encode(changed, batch['enc_pos'], batch['enc_mod'], batch['enc_pad'])
+    cells = model.grid_cell[batch['dec_mod'], batch['dec_pos']]  # what decode() reads for each fine query
+    read = lambda g: GridMixer.read(g, cells, cells >= 0)
+    moved = (read(grid) - read(grid2)).abs().amax(-1).view(8, 8) > 1e-6
+    assert moved[:4, :4].all() and not moved[4:].any() and not moved[:, 4:].any()
