@@ -41,7 +41,9 @@ eval_iters = 200
 eval_only = False            # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every eval; best.pt is kept separately when val improves
 keep_last_n = 0              # also keep the last n checkpoints as ckpt_<iter>.pt (0: none)
-init_from = 'scratch'        # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = 'scratch'        # 'scratch', 'resume' (continue out_dir/ckpt.pt), or another run's out_dir: a fine-tune
+                             # from its weights (this config's model and data, e.g. a 4m with more modalities;
+                             # iteration, optimizer, schedule and best val loss start fresh)
 # wandb logging (off by default; WANDB_MODE=offline works without a network)
 wandb_log = False
 wandb_project = 'nano4m'
@@ -106,6 +108,75 @@ _config_keys = [k for k, v in globals().items()
 
 class TrainingError(RuntimeError):
     pass
+
+# ModelConfig fields a fine-tune (init_from=<out_dir>) may change: what the data fixes, and how to train rather than
+# what the weights compute. Every other field must be the source run's.
+FREE_IN_FINE_TUNE = ('modalities', 'vocab_size', 'block_size', 'dropout', 'optimizer', 'muon_lr', 'muon_momentum',
+                     'label_smoothing', 'mask_schedule', 'cond_drop', 't_sampling')
+
+
+def source_checkpoint(model_args, data):
+    """init_from=<out_dir>: that run's checkpoint, if its weights can start this run's model; otherwise a one-line
+    sys.exit that names the fix."""
+    path = os.path.join(init_from, 'ckpt.pt')
+    if os.path.realpath(init_from) == os.path.realpath(out_dir):
+        sys.exit(f"init_from error: --init_from={init_from} is this run's own out_dir: continue it with "
+                 f"--init_from=resume, or write the fine-tune to another --out_dir")
+    if not os.path.exists(path):
+        sys.exit(f"init_from error: {path} does not exist: init_from is 'scratch', 'resume' or the out_dir of a "
+                 f"finished run; train that run first (python train.py <config> --out_dir={init_from})")
+    try:
+        source = load_checkpoint(path)
+        saved = ModelConfig.from_dict(source['model_config']).to_dict()
+    except (CheckpointError, ValueError) as e:
+        sys.exit(f"init_from error: {e}")
+    if saved['model_type'] != model_type:
+        sys.exit(f"init_from error: {init_from} holds a {saved['model_type']!r} model but this config trains "
+                 f"model_type={model_type!r}: fine-tune with the source's family (--model_type={saved['model_type']})")
+    source_dataset = source.get('config', {}).get('dataset')
+    if source_dataset != dataset:
+        sys.exit(f"init_from error: {init_from} was trained on dataset {source_dataset!r} but this config uses "
+                 f"{dataset!r}: fine-tune on the source's dataset (--dataset={source_dataset})")
+    for k, v in saved.items():
+        if k not in FREE_IN_FINE_TUNE and v != model_args[k]:
+            sys.exit(f"init_from error: {init_from} has {k}={v!r} but this config asks for {model_args[k]!r}: use "
+                     f"the source run's architecture (--{k}={v})")
+    if model_type == '4m':
+        names = [m['name'] for m in model_args['modalities']]
+        missing = [m['name'] for m in saved['modalities'] if m['name'] not in names]
+        absent = [n for n in missing if n not in data.meta['modalities']]
+        if absent:
+            sys.exit(f"init_from error: {init_from} was trained on {', '.join(absent)}, which dataset {dataset!r} no "
+                     f"longer has: every modality of the source must take part; re-run the prepare.py command it was "
+                     f"trained on")
+        if missing:
+            wanted = ','.join(repr(n) for n in data.meta['modalities'] if n in names or n in missing)
+            sys.exit(f"init_from error: {init_from} was trained on {', '.join(missing)}, which this run's "
+                     f"train_modalities {tuple(names)} leave out: every modality of the source must take part "
+                     f"(--train_modalities=\"({wanted})\")")
+    return source
+
+
+def load_source_weights(model, source):
+    """The source checkpoint's weights into the newly built model (a 4m moves each modality's rows to where it sits
+    here and keeps the new modalities' init) -> the line that says what was loaded; a one-line sys.exit if they
+    do not fit."""
+    try:
+        if model_type == '4m':
+            new = model.load_pretrained(source['model'], source['model_config']['modalities'])
+            M = len(model.names)
+            loaded = f"{M - len(new)} of {M} modalities loaded; new: {', '.join(new) or 'none'}"
+        else:
+            model.load_state_dict(source['model'])
+            loaded = "all weights loaded"
+    except (ValueError, RuntimeError) as e:  # (load_state_dict's list of mismatches starts on its second line)
+        reason = ' '.join(str(e).split('\n', 1)[-1].split())[:300]
+        saved = source['model_config']
+        fix = ('fine-tune on the data the source was trained on' if model_type == '4m' else
+               f"use the source's --block_size={saved['block_size']} and --vocab_size={saved['vocab_size']}")
+        sys.exit(f"init_from error: {init_from}'s weights do not fit this model ({reason}): {fix}, or train from "
+                 f"scratch (--init_from=scratch)")
+    return f"init_from {init_from} (step {source.get('iter_num')}): {loaded}"
 
 
 def get_lr(it):
@@ -195,7 +266,7 @@ def main():
     for k, v in data.model_args.items():  # what the dataset fixes (vocabulary, grids, modalities), unless set
         if model_args[k] in (0, '', None, ()):
             model_args[k] = v
-    iter_num, best_val_loss, checkpoint = 0, 1e9, None
+    iter_num, best_val_loss, checkpoint, source = 0, 1e9, None, None
     budget_fixed = max_seconds <= 0  # else max_iters is fitted to max_seconds at the end of the warm-up (the loop)
     ckpt_path = os.path.join(out_dir, 'ckpt.pt')
     if init_from == 'resume':
@@ -224,8 +295,8 @@ def main():
         if checkpoint.get('schedule'):  # a time-budgeted run continues the schedule its budget fixed
             max_iters, lr_decay_iters = checkpoint['schedule']['max_iters'], checkpoint['schedule']['lr_decay_iters']
             budget_fixed = True
-    elif init_from != 'scratch':
-        sys.exit(f"config error: init_from must be 'scratch' or 'resume', not {init_from!r}")
+    elif init_from != 'scratch':  # a fine-tune: only the weights come from the source run
+        source = source_checkpoint(model_args, data)
     if model_args['vocab_size'] < data.model_args.get('vocab_size', 0):
         sys.exit(f"config error: vocab_size={model_args['vocab_size']} is smaller than dataset {dataset!r}'s "
                  f"vocabulary ({data.model_args['vocab_size']}); use --vocab_size=0 to take the dataset's")
@@ -235,6 +306,11 @@ def main():
     model = build_model(model_config)
     if checkpoint is not None:
         model.load_state_dict(checkpoint['model'])
+    if source is not None:
+        loaded = load_source_weights(model, source)
+        source = None  # free memory
+        if master:
+            print(loaded)
     model.to(device_name)
     if master:
         print(f"{model_type} model: {num_params(model) / 1e6:.2f}M parameters; "
