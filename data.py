@@ -608,6 +608,46 @@ def text_panel(text, width, height):
     return np.asarray(img)
 
 
+def save_line_plot(path, series, xlabel, ylabel, title='', size=(480, 320), logx=False):
+    """series {label: (xs, ys)} -> a PNG line chart (markers at the points; a series of one point is drawn as a
+    dashed horizontal reference line), with Pillow only: the figures of the learning curves and sweeps."""
+    from PIL import Image, ImageDraw
+    W, H = size
+    left, right, top, bottom = 56, 150, 24, 40
+    fx = (lambda v: math.log(v)) if logx else float
+    xs = [fx(x) for s in series.values() for x in s[0]]
+    ys = [y for s in series.values() for y in s[1]]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+    y0, y1 = y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0)
+    px = lambda x: left + (fx(x) - x0) / (x1 - x0) * (W - left - right)
+    py = lambda y: top + (y1 - y) / (y1 - y0) * (H - top - bottom)
+    img = Image.new('RGB', (W, H), (255, 255, 255))
+    d = ImageDraw.Draw(img)
+    d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    for k in range(5):  # y ticks
+        y = y0 + (y1 - y0) * k / 4
+        d.text((4, py(y) - 5), f'{y:.3g}', fill=(0, 0, 0))
+    for x in sorted({x for s in series.values() for x in s[0]}) if len(series) else []:
+        d.text((px(x) - 8, H - bottom + 4), f'{x:g}', fill=(0, 0, 0))
+    d.text((left + 4, H - 14), xlabel, fill=(0, 0, 0))
+    d.text((4, 4), f'{title}   ({ylabel})' if title else ylabel, fill=(0, 0, 0))
+    palette = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (127, 127, 127)]
+    for i, (label, (sx, sy)) in enumerate(series.items()):
+        colour = palette[i % len(palette)]
+        if len(sx) == 1:  # a reference level across the plot
+            for a in range(left, W - right, 8):
+                d.line([(a, py(sy[0])), (a + 4, py(sy[0]))], fill=colour)
+        else:
+            d.line([(px(x), py(y)) for x, y in zip(sx, sy)], fill=colour, width=2)
+        for x, y in zip(sx, sy):
+            d.ellipse([px(x) - 3, py(y) - 3, px(x) + 3, py(y) + 3], fill=colour)
+        d.text((W - right + 8, top + 14 * i), label, fill=colour)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    img.save(path)
+    return path
+
+
 def save_image_grid(path, images, per_row, scale=2, pad=2):
     """uint8 (N, H, W, C) images -> one PNG, `per_row` images per row (e.g. one row per class)."""
     from PIL import Image
@@ -1107,7 +1147,7 @@ class TokenDecoder:
     def __init__(self, dataset, meta):
         self.dir, self.meta = dataset_dir(dataset), meta
         self.size = meta.get('resolution', 64)
-        self._tokenizers = {}
+        self._tokenizers = {}  # by file: rgb_low and rgb_high share one
 
     def decode(self, name, tokens):
         spec = self.meta['modalities'][name]
@@ -1120,32 +1160,42 @@ class TokenDecoder:
         if codec == 'classes':
             return upsample_grid(tokens.reshape(len(tokens), *grid), self.size)
         if codec == 'fsq':
-            if name not in self._tokenizers:
+            path = os.path.join(self.dir, spec['tokenizer'])
+            if path not in self._tokenizers:
                 from tokenizer import load_tokenizer
-                self._tokenizers[name] = load_tokenizer(os.path.join(self.dir, spec['tokenizer']))[0].eval()
+                self._tokenizers[path] = load_tokenizer(path)[0].eval()
             with torch.no_grad():
-                images = self._tokenizers[name].decode(torch.from_numpy(tokens.reshape(len(tokens), *grid)).long())
-            return images.float().clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
+                images = self._tokenizers[path].decode(torch.from_numpy(tokens.reshape(len(tokens), *grid)).long())
+            # (N, H, W, C) at the tokenizer's own resolution for this grid (rgb_low: 32x32); C = 1 for edges
+            return images.float().clamp(0, 1).permute(0, 2, 3, 1).numpy()
         return upsample_grid(tokens.reshape(len(tokens), *grid), self.size)  # unknown codec: the raw token grid
 
     def to_rgb(self, name, tokens):
         spec = self.meta['modalities'][name]
         x = self.decode(name, tokens)
-        return values_to_rgb(spec.get('codec'), x, spec)
+        return values_to_rgb(spec.get('codec'), x, spec, self.size)
 
     def to_rgb_values(self, name, values):
         """Ground-truth values (e.g. raw depth) -> a picture, coloured the same way as decoded tokens."""
-        return values_to_rgb(self.meta['modalities'][name].get('codec'), values, self.meta['modalities'][name])
+        return values_to_rgb(self.meta['modalities'][name].get('codec'), values, self.meta['modalities'][name], self.size)
 
 
-def values_to_rgb(codec, x, spec):
+def values_to_rgb(codec, x, spec, size=None):
+    """Decoded values -> uint8 (N, H, W, 3). An fsq image in [0, 1] of one channel (edges, (N, H, W, 1) or (N, H, W))
+    is drawn grey, and one smaller than `size` (rgb_low) is enlarged to it by nearest neighbour, for display only."""
+    if codec == 'fsq':
+        x = np.asarray(x, dtype=np.float32)
+        x = x[..., None] if x.ndim == 3 else x
+        pic = (x * 255).round().clip(0, 255).astype(np.uint8)
+        pic = np.repeat(pic, 3, axis=-1) if pic.shape[-1] == 1 else pic
+        return upsample_grid(pic, size) if size and pic.shape[1] < size and size % pic.shape[1] == 0 else pic
     if codec == 'depth_bins':
         lo, hi = spec['depth_range']
         t = 1 - (np.log(np.clip(x, lo, hi)) - np.log(lo)) / (np.log(hi) - np.log(lo))  # near = bright
         return (np.stack([t, t ** 2, 0.3 + 0.4 * t], -1) * 255).astype(np.uint8)
     if codec == 'normal_bins':
         return ((np.asarray(x) + 1) * 127.5).clip(0, 255).astype(np.uint8)
-    if codec == 'fsq' or (np.asarray(x).ndim == 4 and x.shape[-1] == 3 and np.asarray(x).dtype != np.uint8):
+    if np.asarray(x).ndim == 4 and x.shape[-1] == 3 and np.asarray(x).dtype != np.uint8:  # rgb values, no codec
         return (np.asarray(x) * 255).round().clip(0, 255).astype(np.uint8)
     if codec == 'classes':
         return SEMSEG_PALETTE[np.asarray(x) % len(SEMSEG_PALETTE)]

@@ -9,6 +9,8 @@ Builds every dataset nano4M trains on, into data/<name>/ with a meta.json that s
     python prepare.py clevr              # CLEVR-like multimodal scenes for the 4m family (~5 min on 2 cores)
                                          # (+ balanced questions about them, for VQA)
     python prepare.py clevr --grid=16    # the same scenes on 16x16 token grids, into data/clevr16
+    python prepare.py clevr --extras=edges,sr   # + edges (8x8 tokens; +2.5 min) and rgb_low / rgb_high (8x8 / 16x16
+                                         # tokens of 32x32 / 64x64 rgb from one tokenizer; +4 min)
 
 Each dataset comes from its canonical source when the internet is there and from an offline copy when not
 (the sources are listed at each dataset below).
@@ -261,6 +263,108 @@ def render_clevr_split(num_scenes, split, keep_raw, grid=(CLEVR_GRID, CLEVR_GRID
     return tokens, np.concatenate(rgb), raw, texts, objects
 
 
+CLEVR_EXTRAS = ('edges', 'sr')  # opt-in modalities (--extras), written after the six above in this order
+CLEVR_EXTRA_SECONDS = {'edges': 120, 'sr': 180}  # default tokenizer budgets (wall seconds)
+
+
+def parse_extras(text, grid):
+    """--extras=edges,sr -> the names in CLEVR_EXTRAS order; a one-line DataError for an unknown name."""
+    names = [n.strip() for n in (text or '').split(',') if n.strip()]
+    unknown = [n for n in names if n not in CLEVR_EXTRAS]
+    if unknown:
+        raise DataError(f"--extras: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(CLEVR_EXTRAS)}")
+    if names and grid != CLEVR_GRID:
+        raise DataError(f"--extras with --grid={grid}: the extras are made for the {CLEVR_GRID}x{CLEVR_GRID} set (at "
+                        f"--grid=16 rgb already is rgb_high's 16x16 tokens, and edges has an 8x8 recipe only); use --grid=8")
+    return [n for n in CLEVR_EXTRAS if n in names]
+
+
+def box_downsample(rgb, factor=2):
+    """(N, H, W, C) uint8 -> (N, H/f, W/f, C) uint8: the mean of each f x f block (area), in float, rounded."""
+    N, H, W, C = rgb.shape
+    blocks = rgb.reshape(N, H // factor, factor, W // factor, factor, C)
+    return np.round(blocks.sum((2, 4), dtype=np.float32) / factor ** 2).astype(np.uint8)
+
+
+def extra_tokenizer(path, label, fit, val, cfg, args, default_seconds, **train_kw):
+    """The FSQ tokenizer of an extra modality: reused from path, or trained on fit (N, C, H, W) and saved there."""
+    import tokenizer as image_tokenizer
+    if os.path.exists(path) and not args.retrain_tokenizer:
+        print(f"reusing the {label} tokenizer {path} (--retrain_tokenizer to train a new one)")
+        return image_tokenizer.load_tokenizer(path)[0].eval()
+    seconds, steps = args.extras_seconds or default_seconds, args.extras_steps or None
+    print(f"training the {label} FSQ tokenizer for {seconds:.0f}s" + (f" or {steps} steps" if steps else ''))
+    # a step cap shorter than the usual 100 warmup steps (tests) warms up over its first fifth
+    model, metrics = image_tokenizer.train_tokenizer(fit, val, cfg, max_seconds=seconds, max_steps=steps,
+                                                     warmup_steps=min(100, max(1, (steps or 500) // 5)), **train_kw)
+    image_tokenizer.save_tokenizer(path, model, metrics)
+    return model.eval()
+
+
+def clevr_extras(extras, out_dir, train_rgb, val_rgb, args):
+    """The --extras modalities from the rgb renders: ({name: spec}, {name: train tokens}, {name: val tokens}), the
+    tokens (N, num_tokens). edges: sobel_edges of each render on an 8x8 FSQ tokenizer of its own. sr: rgb_low (the
+    render box-downsampled to 32x32) and rgb_high (the 64x64 render), both tokenized by one 16x16-grid rgb
+    tokenizer (4x4-pixel cells, so 8x8 and 16x16 tokens). Each spec carries its tokenizer's val metrics."""
+    import time
+    import clevr
+    import tokenizer as image_tokenizer
+    specs, train_tokens, val_tokens = {}, {}, {}
+
+    def fsq_spec(model, path, **extra):
+        return dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, levels=list(model.cfg.levels),
+                    tokenizer=os.path.relpath(path, out_dir), **extra)
+
+    def check_grid(model, images, grid, path):  # a reused file may hold another recipe's tokenizer
+        C, size = images.shape[1], images.shape[-1]
+        got = tuple(image_tokenizer.tokenize_images(model, images[:1]).shape[1:]) if model.cfg.in_channels == C else None
+        if got != grid:
+            wrong = (f"makes {got[0]}x{got[1]} tokens of {size}x{size} images, not {grid[0]}x{grid[1]}" if got else
+                     f"reads {model.cfg.in_channels}-channel images, not {C}-channel")
+            raise DataError(f"the tokenizer {path} {wrong}: delete it or pass --retrain_tokenizer")
+
+    def tokenize(model, train, val):  # -> train tokens, val tokens, val reconstructions (N, C, H, W) in [0, 1]
+        recon, val_tok = image_tokenizer.reconstruct(model, val)
+        train_tok = image_tokenizer.tokenize_images(model, train)
+        return train_tok.reshape(len(train), -1), val_tok.reshape(len(val), -1), recon
+
+    if 'edges' in extras:
+        t0 = time.time()
+        path = os.path.join(out_dir, 'tokenizers', 'edges.pt')
+        # tokenizer.py --modality=edges's recipe: uint8 0/255 maps, one channel, flips (edges have no light direction)
+        train_img, val_img = ((np.concatenate([clevr.sobel_edges(rgb[i:i + 2000]) for i in range(0, len(rgb), 2000)])
+                               * 255)[:, None] for rgb in (train_rgb, val_rgb))
+        model = extra_tokenizer(path, 'edges', train_img[:args.tokenizer_scenes], val_img,
+                                image_tokenizer.config_for(CLEVR_RESOLUTION, 8, 1), args, CLEVR_EXTRA_SECONDS['edges'],
+                                hflip=True)
+        check_grid(model, val_img, (8, 8), path)
+        train_tokens['edges'], val_tokens['edges'], recon = tokenize(model, train_img, val_img)
+        metrics = dict(val_psnr=image_tokenizer.psnr(recon, val_img / 255.0),
+                       edge_f1=image_tokenizer.edge_f1(recon[:, 0], val_img[:, 0] // 255))
+        specs['edges'] = fsq_spec(model, path, grid=[8, 8], num_tokens=64, **metrics)
+        print(f"edges tokenizer: val PSNR {metrics['val_psnr']:.1f} dB, edge F1 {metrics['edge_f1']:.3f}, codebook "
+              f"{model.cfg.codebook_size}; {time.time() - t0:.0f}s")
+    if 'sr' in extras:
+        t0 = time.time()
+        path = os.path.join(out_dir, 'tokenizers', 'rgb16.pt')
+        high = {'train': train_rgb.transpose(0, 3, 1, 2), 'val': val_rgb.transpose(0, 3, 1, 2)}
+        low = {'train': box_downsample(train_rgb).transpose(0, 3, 1, 2), 'val': box_downsample(val_rgb).transpose(0, 3, 1, 2)}
+        # prepare.py's rgb recipe at 16x16 (tokenizer.py --modality=rgb --grid=16): 32x32 crops, no flips (fixed light)
+        model = extra_tokenizer(path, 'rgb16 (rgb_low, rgb_high)', high['train'][:args.tokenizer_scenes], high['val'],
+                                image_tokenizer.config_for(CLEVR_RESOLUTION, 16, 3), args, CLEVR_EXTRA_SECONDS['sr'],
+                                crop=image_tokenizer.default_crop(CLEVR_RESOLUTION, 16))
+        report = []
+        for name, images, res in (('rgb_low', low, CLEVR_RESOLUTION // 2), ('rgb_high', high, CLEVR_RESOLUTION)):
+            g = res // 4  # the tokenizer's 4x4-pixel cells
+            check_grid(model, images['val'], (g, g), path)
+            train_tokens[name], val_tokens[name], recon = tokenize(model, images['train'], images['val'])
+            specs[name] = fsq_spec(model, path, grid=[g, g], num_tokens=g * g, resolution=res,
+                                   val_psnr=image_tokenizer.psnr(recon, images['val'] / 255.0))
+            report.append(f"{name} {specs[name]['val_psnr']:.1f} dB at {res}x{res} ({g}x{g} tokens)")
+        print(f"rgb16 tokenizer: val PSNR {', '.join(report)}, codebook {model.cfg.codebook_size}; {time.time() - t0:.0f}s")
+    return specs, train_tokens, val_tokens
+
+
 CLEVR_QUESTIONS_PER_FAMILY = {'train': 4, 'val': 5}  # candidates per scene and family, before balancing
 
 
@@ -294,6 +398,7 @@ def prepare_clevr(args):
         raise DataError(f"--grid={args.grid}: tokenizer.py has architectures for 8x8 and 16x16 grids of "
                         f"{CLEVR_RESOLUTION}x{CLEVR_RESOLUTION} images; use --grid=8 or --grid=16")
     grid = (args.grid, args.grid)
+    extras = parse_extras(args.extras, args.grid)
     out_dir = os.path.join(DATA_ROOT, args.name or ('clevr' if args.grid == CLEVR_GRID else f'clevr{args.grid}'))
     tok_path = os.path.join(out_dir, 'tokenizers', 'rgb.pt')
     print(f"rendering {args.num_train:,} train + {args.num_val:,} val scenes at {CLEVR_RESOLUTION}x{CLEVR_RESOLUTION}, "
@@ -328,6 +433,10 @@ def prepare_clevr(args):
     train_tokens['rgb'] = image_tokenizer.tokenize_images(model, train_rgb.transpose(0, 3, 1, 2)).reshape(len(train_rgb), -1)
     val_tokens['rgb'] = image_tokenizer.tokenize_images(model, val_rgb.transpose(0, 3, 1, 2)).reshape(len(val_rgb), -1)
 
+    extra_specs, extra_train, extra_val = clevr_extras(extras, out_dir, train_rgb, val_rgb, args)
+    train_tokens.update(extra_train)
+    val_tokens.update(extra_val)
+
     grid, n_cells = list(grid), grid[0] * grid[1]
     modalities = {  # the order here is the modality order models see
         'rgb': dict(kind='image', codec='fsq', vocab_size=model.cfg.codebook_size, levels=list(model.cfg.levels),
@@ -342,6 +451,7 @@ def prepare_clevr(args):
         'boxes': dict(kind='sequence', codec='words', vocab_size=len(clevr.boxes_vocab()), words=clevr.boxes_vocab(),
                       grid=[1, clevr.BOXES_LEN], num_tokens=clevr.BOXES_LEN, box_bins=clevr.BOX_BINS),
     }
+    modalities.update(extra_specs)  # after the six: configs name their modalities, and tuples follow this order
     for spec in modalities.values():
         spec.setdefault('grid', grid)
         spec.setdefault('num_tokens', n_cells)
@@ -392,10 +502,17 @@ def main(argv=None):
     parser.add_argument('--tokenizer_seconds', type=float, default=None,
                         help='wall-clock training budget of the image tokenizer (default: fashion_mnist 150, clevr 180)')
     parser.add_argument('--tokenizer_scenes', type=int, default=20000, help='clevr: scenes the rgb tokenizer sees')
-    parser.add_argument('--retrain_tokenizer', action='store_true', help='clevr: train a new rgb tokenizer')
+    parser.add_argument('--retrain_tokenizer', action='store_true', help='clevr: train new rgb (and --extras) tokenizers')
     parser.add_argument('--rgb_tokenizer', default=None, help='clevr: use this trained rgb tokenizer file (of the --grid)')
     parser.add_argument('--grid', type=int, default=CLEVR_GRID,
                         help='clevr: tokens per image side, 8 or 16 (16 writes data/clevr16 unless --name)')
+    parser.add_argument('--extras', default='', help=f"clevr: extra modalities, comma-separated from "
+                        f"{','.join(CLEVR_EXTRAS)} (edges; sr = rgb_low + rgb_high), each with a tokenizer of its own")
+    parser.add_argument('--extras_seconds', type=float, default=None,
+                        help="clevr: each extra tokenizer's training budget in seconds (default: " +
+                        ', '.join(f'{k} {v}' for k, v in CLEVR_EXTRA_SECONDS.items()) + ')')
+    parser.add_argument('--extras_steps', type=int, default=0,
+                        help='clevr: stop each extra tokenizer after this many steps (0: the time budget only; tests)')
     args = parser.parse_args(argv)
     try:
         DATASETS[args.dataset](args)
