@@ -41,7 +41,17 @@ accuracy after matching objects, exact scene match), caption->rgb (objects a jud
 finds with the right colour and shape where the scene has them), rgb->boxes (mean IoU after matching), each as
 the 4M model, the tokenizer bound (ground-truth tokens decoded) and a specialist trained on that direction alone;
 plus caption->rgb at each CFG scale and rgb->caption of a model with the other sequence masking. Printed and
-written to out_dir/scorecard.md.
+written to out_dir/scorecard.md. A model with edges (prepare.py clevr --extras=edges) also gets rgb->edges (F1 of
+the decoded edge map), edges->rgb (the judge) and the chained caption->edges->rgb beside caption->rgb.
+
+    python eval.py --mode=sr --out_dir=out-nano4m-sr-cpu --num_scenes=300
+    python eval.py --mode=transfer --out_dir=out-nano4m-cpu --finetuned=out-transfer-ft100,... --scratch=out-transfer-scratch100,...
+
+sr: rgb_low (32x32) -> rgb_high (64x64) by MaskGIT steps vs bilinear / bicubic upsampling and the tokenizer bound:
+PSNR, the F1 of Sobel edges (blur costs there what PSNR forgives) and the judge; sr.md and sr_examples.png.
+transfer: a held-out modality (rgb->normals by default) learned by fine-tuning a model trained without it
+(train.py --init_from) vs from scratch at the same iterations, beside the model trained on all from the start;
+transfer.md and transfer.png in out_dir.
 """
 import json
 import os
@@ -54,13 +64,13 @@ import torch
 from common import CheckpointError, load_model
 from configurator import ConfigError, configure
 from data import (DataError, TokenDecoder, clevr_pixels, dataset_dir, decode_image_tokens, decode_words, flow_images, flow_view,
-                  image_view, load_meta, load_tokens, save_image_grid, text_panel, vlm_images, vlm_input)
+                  image_view, load_meta, load_tokens, save_image_grid, save_line_plot, text_panel, vlm_images, vlm_input)
 from decoding import generate_image_tokens
 from judges import (accuracy, frechet_distance, judged_objects, load_classifier, load_object_judge, mean_pairwise_distance,
                     predict, score, train_classifier)
 
 # -----------------------------------------------------------------------------
-mode = 'fashion_mnist'      # 'fashion_mnist' | 'flow' (the same) | 'classifier' (its judge) | '4m' | 'scorecard' (clevr)
+mode = 'fashion_mnist'      # fashion_mnist | flow (the same) | classifier (its judge) | 4m, scorecard, vqa, sr, transfer (clevr)
 dataset = 'fashion_mnist'
 maskgit_dir = ''            # out_dir of a maskgit run ('' skips its rows)
 gpt_dir = ''                # out_dir of a gpt run on the same data
@@ -90,6 +100,10 @@ json_out = ''               # --mode=4m: also write the figures to this file
 grid_dir = ''               # --mode=caption_rgb: write a picture grid per row here
 vlm_dir = ''                # --mode=vqa: the vlm run(s) to score, comma-separated (the first gets the picture)
 blind_dir = ''              # --mode=vqa: the same language model trained on the questions alone (vision='none')
+sr_steps = (1, 2, 4, 8, 16) # --mode=sr: MaskGIT steps of the 4M rows (out_dir: the super-resolution run)
+finetuned = ''              # --mode=transfer: comma-separated runs fine-tuned with --init_from (out_dir: the full run)
+scratch = ''                # --mode=transfer: comma-separated runs of the same lengths from scratch
+direction = 'rgb->normals'  # --mode=transfer: the direction into the held-out modality
 seed = 1337
 device = 'cpu'
 # -----------------------------------------------------------------------------
@@ -390,7 +404,7 @@ def render_val_truth(dataset, n):
     import clevr
     meta = load_meta(dataset)
     truth = clevr.render_scenes(n, seed=clevr.SPLIT_SEEDS['val'], resolution=meta.get('resolution', 64),
-                                modalities=('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'caption'))
+                                modalities=('rgb', 'depth', 'depth_valid', 'normals', 'semseg', 'edges', 'caption'))
     prepared = load_tokens(dataset, 'val')['caption'][:n]
     if not np.array_equal(truth['caption'], prepared):
         raise DataError(f"the val scenes of {dataset!r} are not clevr.py's val split: rebuild it with "
@@ -425,7 +439,7 @@ def sequence_tokens(model, inputs, target, seed, steps):
 
 def score_direction(direction, tokens, truth, spec, decoder, judge, n):
     """Predicted (N, L) tokens of one direction's target -> {metric name: value}."""
-    from tokenizer import depth_abs_rel, miou, normals_angular_error, depth_delta1
+    from tokenizer import depth_abs_rel, depth_delta1, edge_f1, miou, normals_angular_error
     import clevr
     target = direction.split('->')[1]
     if target == 'depth':
@@ -437,6 +451,8 @@ def score_direction(direction, tokens, truth, spec, decoder, judge, n):
             decoder.decode('normals', tokens), truth['normals'][:n], truth['depth_valid'][:n])}
     if target == 'semseg':
         return {'mIoU (higher)': miou(decoder.decode('semseg', tokens), truth['semseg'][:n], spec['vocab_size'])}
+    if target == 'edges':  # the edges tokenizer decodes to a 1-channel map: an edge where it is above 0.5
+        return {'edge F1 (higher)': edge_f1(decoder.decode('edges', tokens)[..., 0], truth['edges'][:n])}
     if target == 'caption':
         scores = [caption_scores(decode_words(spec, t), clevr.decode_caption(c)) for t, c in zip(tokens, truth['caption'])]
         return {'attribute accuracy (higher)': float(np.mean([s[0] for s in scores])),
@@ -453,7 +469,8 @@ def score_direction(direction, tokens, truth, spec, decoder, judge, n):
     raise ValueError(f"no scorecard metric for target {target!r}")
 
 
-SCORECARD_DIRECTIONS = ('rgb->depth', 'rgb->normals', 'rgb->semseg', 'rgb->caption', 'caption->rgb', 'rgb->boxes')
+SCORECARD_DIRECTIONS = ('rgb->depth', 'rgb->normals', 'rgb->semseg', 'rgb->caption', 'caption->rgb', 'rgb->boxes',
+                        'rgb->edges', 'edges->rgb')
 
 
 def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg_scales=(1.0, 3.0), steps=8,
@@ -514,7 +531,7 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
         for metric in scored['4M']:
             rows.append((direction, metric, scored['4M'][metric], scored['prior'][metric], scored['bound'][metric],
                          scored['specialist'][metric] if 'specialist' in scored else None))
-        if target == 'rgb':  # classifier-free guidance on caption -> rgb
+        if direction == 'caption->rgb':  # classifier-free guidance on caption -> rgb
             for cfg in cfg_scales:
                 if cfg != 1.0:
                     s = score_direction(direction, predict(model, cfg), truth, spec, decoder, judge, n)
@@ -528,6 +545,14 @@ def scorecard(model_dir, specialist_dirs=(), random_dir='', num_scenes=1000, cfg
             for metric in s:
                 rows.append((f'{direction}, {other_kind} masking', metric, s[metric], None, None, None))
         log(f"  {direction}: {time.time() - t0:.1f}s")
+    if {'caption', 'edges', 'rgb'} <= set(model.names):  # 4M's chained generation: caption -> edges, then both -> rgb
+        g = torch.Generator().manual_seed(seed)
+        edges = generate_batched(model, {'caption': val['caption'][:n]}, 'edges', scheme='maskgit', steps=steps,
+                                 temperature=temperature, generator=g)
+        images = generate_batched(model, {'caption': val['caption'][:n], 'edges': edges}, 'rgb', scheme='maskgit',
+                                  steps=steps, temperature=temperature, generator=g)
+        for metric, v in score_direction('caption->rgb', images, truth, meta['modalities']['rgb'], decoder, judge, n).items():
+            rows.append(('caption->edges->rgb (chained)', metric, v, None, None, None))
     notes.append(f"{n} val scenes; 4M = {model_dir}; images one pass (depth: median bin), sequences greedy "
                  f"({'autoregressive' if model.is_ar.any() else f'MaskGIT {steps} steps'}), caption->rgb MaskGIT "
                  f"{steps} steps at temperature {temperature:g} (the 4M and specialist columns without guidance)")
@@ -683,6 +708,140 @@ def vqa_table(dataset, vlm_dir, blind_dir='', fourm_dir='', n_pictures=12, seed=
 
 
 # -----------------------------------------------------------------------------
+# 4M extensions: super-resolution and transfer to a held-out modality
+
+def image_scores(images, truth_rgb, truth_edges, judge, objects):
+    """Generated or upsampled (N, 64, 64, 3) images in [0, 1] against the renders: PSNR, the edge F1 of their Sobel
+    edges (blur loses edges, so it costs here what PSNR forgives) and the object judge's share of objects found."""
+    from clevr import sobel_edges
+    from tokenizer import edge_f1, psnr
+    images = np.asarray(images, dtype=np.float32)
+    return {'PSNR dB': psnr(images, truth_rgb / 255.0),
+            'edge F1': edge_f1(sobel_edges((images * 255).round().clip(0, 255).astype(np.uint8)), truth_edges),
+            'objects found': float(np.mean(judge.found(images, objects)))}
+
+
+def super_resolution_table(model_dir, num_scenes=300, steps_list=(1, 2, 4, 8, 16), temperature=1.0, seed=1337,
+                           low='rgb_low', high='rgb_high', n_pictures=6):
+    """rgb_low (32x32 pixels, 8x8 tokens) -> rgb_high (64x64, 16x16 tokens) by a 4M, against upsampling the low
+    decode (bilinear, bicubic), the high tokenizer's bound and the truth; MaskGIT steps vs quality. Writes
+    sr.md and sr_examples.png into model_dir."""
+    import torch.nn.functional as F
+    model, checkpoint = load_model(model_dir)
+    dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
+    for name in (low, high):
+        if name not in model.names:
+            raise DataError(f"{model_dir} has no {name!r} modality: train config/nano4m_sr_cpu.py (its data comes "
+                            f"from python prepare.py clevr --extras=sr)")
+    val = load_tokens(dataset, 'val')
+    n = min(num_scenes, len(val[high]))
+    truth = render_val_truth(dataset, n)
+    objects = judged_objects(truth['visible'])
+    judge = load_object_judge(os.path.join(dataset_dir(dataset), 'object_judge.pt'), seed)
+    decoder = TokenDecoder(dataset, meta)
+    low_images = torch.from_numpy(decoder.decode(low, val[low][:n])).permute(0, 3, 1, 2)  # (n, 3, 32, 32)
+    size = truth['rgb'].shape[1]
+    up = lambda x, how: F.interpolate(x, size=(size, size), mode=how, **({} if how == 'nearest' else {'align_corners': False}))
+    truth_low = torch.from_numpy(truth['rgb'].astype(np.float32) / 255).permute(0, 3, 1, 2)
+    truth_low = F.avg_pool2d(truth_low, size // low_images.shape[-1])
+    rows, pictures = {}, {}
+
+    def add(name, images, seconds=None):
+        images = images.permute(0, 2, 3, 1).clamp(0, 1).numpy() if torch.is_tensor(images) else images
+        rows[name] = dict(image_scores(images, truth['rgb'], truth['edges'], judge, objects),
+                          **({'s per image': seconds / n} if seconds is not None else {}))
+        pictures[name] = images[:n_pictures]
+    pictures['low decode'] = up(low_images, 'nearest').permute(0, 2, 3, 1).numpy()[:n_pictures]
+    add('low decode, bilinear', up(low_images, 'bilinear'))
+    add('low decode, bicubic', up(low_images, 'bicubic'))
+    add('true 32x32, bicubic (best upsampling of a perfect low image)', up(truth_low, 'bicubic'))
+    t0 = time.time()
+    add('4M one pass, argmax', decoder.decode(high, predict_from(model, {low: val[low][:n]}, high)), time.time() - t0)
+    for steps in steps_list:
+        t0 = time.time()
+        tokens = generate_batched(model, {low: val[low][:n]}, high, scheme='maskgit', steps=steps,
+                                  temperature=temperature, generator=torch.Generator().manual_seed(seed))
+        add(f'4M MaskGIT {steps} steps', decoder.decode(high, tokens), time.time() - t0)
+    add(f'{high} tokenizer bound (true tokens)', decoder.decode(high, val[high][:n]))
+    add('truth (the renders)', truth['rgb'].astype(np.float32) / 255)
+
+    metrics = list(next(iter(rows.values())))
+    lines = ['| rgb 32x32 -> 64x64 | ' + ' | '.join(metrics) + ' |', '|---' * (len(metrics) + 1) + '|']
+    for name, r in rows.items():
+        lines.append(f'| {name} | ' + ' | '.join(f'{r[m]:.3f}' if m in r else '' for m in metrics) + ' |')
+    notes = [f"{n} val scenes; 4M = {model_dir} ({checkpoint['iter_num']} iterations); MaskGIT at temperature "
+             f"{temperature:g}, cosine schedule; edge F1 = Sobel edges of the output vs of the render; objects found = "
+             f"the scorecard's object judge (colour + shape in place)"]
+    table_md = '\n'.join(lines) + '\n\n' + '\n'.join(f'- {x}' for x in notes) + '\n'
+    print(table_md)
+    with open(os.path.join(model_dir, 'sr.md'), 'w') as f:
+        f.write(table_md)
+    columns = ['low decode', 'low decode, bicubic', f'4M MaskGIT {steps_list[-2] if len(steps_list) > 1 else steps_list[0]} steps',
+               f'{high} tokenizer bound (true tokens)', 'truth (the renders)']
+    labels = ['8x8 tokens', 'bicubic', '4M', '16x16 bound', 'truth']
+    panels = [text_panel(label, size, 16) for label in labels]
+    for i in range(min(n_pictures, n)):
+        panels += [(pictures[c][i] * 255).round().clip(0, 255).astype(np.uint8) for c in columns]
+    path = save_image_grid(os.path.join(model_dir, 'sr_examples.png'), np.stack(
+        [np.pad(p, ((0, size - p.shape[0]), (0, 0), (0, 0)), constant_values=255) for p in panels]), per_row=len(columns))
+    print(f"wrote {path}")
+    return rows
+
+
+def transfer_table(full_dir, finetuned, scratch, direction='rgb->normals', num_scenes=500, seed=1337):
+    """A modality held out of pretraining, then learned: `direction`'s metric of each fine-tuned run (trained from
+    a 4M without the target modality, train.py --init_from) and each scratch run, against their training
+    iterations, beside the model trained on everything from the start (full_dir). Writes transfer.md and
+    transfer.png into full_dir."""
+    source, target = direction.split('->')
+    model, checkpoint = load_model(full_dir)
+    dataset, meta = checkpoint['config']['dataset'], checkpoint['data_meta']
+    val, train = load_tokens(dataset, 'val'), load_tokens(dataset, 'train')
+    n = min(num_scenes, len(val[target]))
+    truth = render_val_truth(dataset, n)
+    decoder, spec = TokenDecoder(dataset, meta), meta['modalities'][target]
+
+    def score(m):
+        tokens = predict_from(m, {source: val[source][:n]}, target, ordered=target == 'depth')
+        return score_direction(direction, tokens, truth, spec, decoder, None, n)
+    metric = None
+    results = {'fine-tuned': [], 'from scratch': []}
+    for group, dirs in (('fine-tuned', finetuned), ('from scratch', scratch)):
+        for d in dirs:
+            m, ck = load_model(d)
+            s = score(m)
+            metric = next(iter(s))
+            results[group].append((ck['iter_num'], s[metric], ck['config'].get('init_from', 'scratch')))
+    full = score(model)
+    metric = metric or next(iter(full))
+    prior = score_direction(direction, np.tile(per_position_prior(train[target], spec['vocab_size'], median=target == 'depth'), (n, 1)),
+                            truth, spec, decoder, None, n)[metric]
+    bound = score_direction(direction, val[target][:n], truth, spec, decoder, None, n)[metric]
+    budgets = sorted({it for g in results.values() for it, _, _ in g})
+    lines = [f'| {direction}: {metric} | ' + ' | '.join(f'{b} iterations' for b in budgets) + ' |',
+             '|---' * (len(budgets) + 1) + '|']
+    for group, got in results.items():
+        by = {it: v for it, v, _ in got}
+        lines.append(f'| {group} | ' + ' | '.join(f'{by[b]:.3f}' if b in by else '' for b in budgets) + ' |')
+    lines += ['', f"| reference | {metric} |", '|---|---|',
+              f"| all modalities from the start, {checkpoint['iter_num']} iterations ({full_dir}) | {full[metric]:.3f} |",
+              f"| per-position prior of the train split | {prior:.3f} |", f"| tokenizer bound (true tokens) | {bound:.3f} |"]
+    sources = sorted({src for g in results.values() for _, _, src in g} - {'scratch'})
+    notes = [f"{n} val scenes; fine-tuned from {', '.join(sources) or '-'} (pretrained without {target})"]
+    table_md = '\n'.join(lines) + '\n\n' + '\n'.join(f'- {x}' for x in notes) + '\n'
+    print(table_md)
+    with open(os.path.join(full_dir, 'transfer.md'), 'w') as f:
+        f.write(table_md)
+    series = {g: ([it for it, _, _ in sorted(got)], [v for _, v, _ in sorted(got)]) for g, got in results.items() if got}
+    series[f'all from start ({checkpoint["iter_num"]} it)'] = ([budgets[0] if budgets else 1], [full[metric]])
+    series['prior'] = ([budgets[0] if budgets else 1], [prior])
+    series['tokenizer bound'] = ([budgets[0] if budgets else 1], [bound])
+    path = save_line_plot(os.path.join(full_dir, 'transfer.png'), series, 'training iterations on data with ' + target,
+                          metric, title=f'{direction}: transfer vs scratch')
+    print(f"wrote {path}")
+    return results
+
+# -----------------------------------------------------------------------------
 
 
 def main():
@@ -721,9 +880,14 @@ def main():
             if json_out:
                 with open(json_out, 'w') as f:
                     json.dump({'rows': rows, 'notes': notes}, f, indent=1)
+        elif mode == 'sr':
+            super_resolution_table(out_dir, num_scenes, sr_steps, temperature, seed)
+        elif mode == 'transfer':
+            transfer_table(out_dir, [d for d in finetuned.split(',') if d], [d for d in scratch.split(',') if d],
+                           direction, num_scenes, seed)
         else:
             sys.exit(f"eval.py: unknown --mode={mode!r}; choose fashion_mnist, flow, caption_rgb, classifier, 4m, "
-                     f"scorecard or vqa "
+                     f"scorecard, vqa, sr or transfer "
                      f"(sampling speed moved to bench.py --mode=speed)")
     except (DataError, CheckpointError, FileNotFoundError, KeyError, ConfigError) as e:
         sys.exit(f"eval.py: {e}")

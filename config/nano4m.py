@@ -16,7 +16,7 @@ n_head = 8
 n_embd = 512
 dropout = 0.0
 bias = False
-train_modalities = ()         # all of the dataset's: rgb, depth, normals, semseg, caption, boxes
+train_modalities = ('rgb', 'depth', 'normals', 'semseg', 'caption', 'boxes')  # not prepare.py's --extras
 grid_conv = 2                 # 3x3 convs over the visible image tokens' grid (model.GridMixer); 0 = the paper's 4M
 seq_masking = 'span'          # caption and boxes as in 4M: span-masked with sentinels, decoded autoregressively
 input_drop = 0.1              # drop all inputs of a modality with this probability, for classifier-free guidance
