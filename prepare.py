@@ -286,19 +286,21 @@ def box_downsample(rgb, factor=2):
     return np.round(blocks.sum((2, 4), dtype=np.float32) / factor ** 2).astype(np.uint8)
 
 
-def extra_tokenizer(path, label, fit, val, cfg, args, default_seconds, **train_kw):
-    """The FSQ tokenizer of an extra modality: reused from path, or trained on fit (N, C, H, W) and saved there."""
+def clevr_tokenizer(path, label, fit, val, cfg, retrain, seconds, steps=None, **train_kw):
+    """An FSQ tokenizer of a clevr modality (rgb, and each extra): reused from path unless retrain, else trained on
+    fit (N, C, H, W) for `seconds` (or `steps`) and saved there. Returns (model in eval mode, its val metrics)."""
+    import torch
     import tokenizer as image_tokenizer
-    if os.path.exists(path) and not args.retrain_tokenizer:
+    if os.path.exists(path) and not retrain:
         print(f"reusing the {label} tokenizer {path} (--retrain_tokenizer to train a new one)")
-        return image_tokenizer.load_tokenizer(path)[0].eval()
-    seconds, steps = args.extras_seconds or default_seconds, args.extras_steps or None
-    print(f"training the {label} FSQ tokenizer for {seconds:.0f}s" + (f" or {steps} steps" if steps else ''))
+        return image_tokenizer.load_tokenizer(path)
+    print(f"training the {label} FSQ tokenizer for {seconds:.0f}s" + (f" or {steps} steps" if steps else '') +
+          f" on {torch.get_num_threads()} threads (on a busy machine, OMP_NUM_THREADS=1 avoids OpenMP stalls)")
     # a step cap shorter than the usual 100 warmup steps (tests) warms up over its first fifth
     model, metrics = image_tokenizer.train_tokenizer(fit, val, cfg, max_seconds=seconds, max_steps=steps,
                                                      warmup_steps=min(100, max(1, (steps or 500) // 5)), **train_kw)
     image_tokenizer.save_tokenizer(path, model, metrics)
-    return model.eval()
+    return model.eval(), metrics
 
 
 def clevr_extras(extras, out_dir, train_rgb, val_rgb, args):
@@ -334,9 +336,10 @@ def clevr_extras(extras, out_dir, train_rgb, val_rgb, args):
         # tokenizer.py --modality=edges's recipe: uint8 0/255 maps, one channel, flips (edges have no light direction)
         train_img, val_img = ((np.concatenate([clevr.sobel_edges(rgb[i:i + 2000]) for i in range(0, len(rgb), 2000)])
                                * 255)[:, None] for rgb in (train_rgb, val_rgb))
-        model = extra_tokenizer(path, 'edges', train_img[:args.tokenizer_scenes], val_img,
-                                image_tokenizer.config_for(CLEVR_RESOLUTION, 8, 1), args, CLEVR_EXTRA_SECONDS['edges'],
-                                hflip=True)
+        model, _ = clevr_tokenizer(path, 'edges', train_img[:args.tokenizer_scenes], val_img,
+                                   image_tokenizer.config_for(CLEVR_RESOLUTION, 8, 1), args.retrain_tokenizer,
+                                   args.extras_seconds or CLEVR_EXTRA_SECONDS['edges'], args.extras_steps or None,
+                                   hflip=True)
         check_grid(model, val_img, (8, 8), path)
         train_tokens['edges'], val_tokens['edges'], recon = tokenize(model, train_img, val_img)
         metrics = dict(val_psnr=image_tokenizer.psnr(recon, val_img / 255.0),
@@ -350,9 +353,10 @@ def clevr_extras(extras, out_dir, train_rgb, val_rgb, args):
         high = {'train': train_rgb.transpose(0, 3, 1, 2), 'val': val_rgb.transpose(0, 3, 1, 2)}
         low = {'train': box_downsample(train_rgb).transpose(0, 3, 1, 2), 'val': box_downsample(val_rgb).transpose(0, 3, 1, 2)}
         # prepare.py's rgb recipe at 16x16 (tokenizer.py --modality=rgb --grid=16): 32x32 crops, no flips (fixed light)
-        model = extra_tokenizer(path, 'rgb16 (rgb_low, rgb_high)', high['train'][:args.tokenizer_scenes], high['val'],
-                                image_tokenizer.config_for(CLEVR_RESOLUTION, 16, 3), args, CLEVR_EXTRA_SECONDS['sr'],
-                                crop=image_tokenizer.default_crop(CLEVR_RESOLUTION, 16))
+        model, _ = clevr_tokenizer(path, 'rgb16 (rgb_low, rgb_high)', high['train'][:args.tokenizer_scenes],
+                                   high['val'], image_tokenizer.config_for(CLEVR_RESOLUTION, 16, 3),
+                                   args.retrain_tokenizer, args.extras_seconds or CLEVR_EXTRA_SECONDS['sr'],
+                                   args.extras_steps or None, crop=image_tokenizer.default_crop(CLEVR_RESOLUTION, 16))
         report = []
         for name, images, res in (('rgb_low', low, CLEVR_RESOLUTION // 2), ('rgb_high', high, CLEVR_RESOLUTION)):
             g = res // 4  # the tokenizer's 4x4-pixel cells
@@ -390,7 +394,6 @@ def write_clevr_questions(split_dir, split, objects):
 
 def prepare_clevr(args):
     import time
-    import torch
     import clevr
     import tokenizer as image_tokenizer
     t0 = time.time()
@@ -410,21 +413,13 @@ def prepare_clevr(args):
     if args.rgb_tokenizer:  # a tokenizer trained elsewhere (e.g. python tokenizer.py --modality=rgb --grid=8)
         os.makedirs(os.path.dirname(tok_path), exist_ok=True)
         shutil.copyfile(args.rgb_tokenizer, tok_path)
-    if os.path.exists(tok_path) and not args.retrain_tokenizer:
-        print(f"reusing the rgb tokenizer {tok_path} (--retrain_tokenizer to train a new one)")
-        model, tok_metrics = image_tokenizer.load_tokenizer(tok_path)
-    else:
-        seconds = args.tokenizer_seconds or 180  # 3 minutes on the machine's cores: 32.7 dB at 8x8
-        print(f"training the rgb FSQ tokenizer for {seconds:.0f}s on {torch.get_num_threads()} threads "
-              f"(on a busy machine, OMP_NUM_THREADS=1 avoids OpenMP stalls)")
-        cfg = image_tokenizer.config_for(CLEVR_RESOLUTION, args.grid, 3)
-        fit = train_rgb[:args.tokenizer_scenes].transpose(0, 3, 1, 2)
-        crop = image_tokenizer.default_crop(CLEVR_RESOLUTION, args.grid)  # 32x32 crops for 16x16 grids
-        # no horizontal flips (train_tokenizer's default): the light is fixed, so mirrored scenes are not real ones
-        model, tok_metrics = image_tokenizer.train_tokenizer(fit, val_rgb.transpose(0, 3, 1, 2), cfg,
-                                                             max_seconds=seconds, crop=crop)
-        image_tokenizer.save_tokenizer(tok_path, model, tok_metrics)
-        model.eval()
+    # 3 minutes on the machine's cores: 32.7 dB at 8x8; 32x32 crops for 16x16 grids; no horizontal flips
+    # (train_tokenizer's default): the light is fixed, so mirrored scenes are not real ones
+    model, tok_metrics = clevr_tokenizer(tok_path, 'rgb', train_rgb[:args.tokenizer_scenes].transpose(0, 3, 1, 2),
+                                         val_rgb.transpose(0, 3, 1, 2),
+                                         image_tokenizer.config_for(CLEVR_RESOLUTION, args.grid, 3),
+                                         args.retrain_tokenizer, args.tokenizer_seconds or 180,
+                                         crop=image_tokenizer.default_crop(CLEVR_RESOLUTION, args.grid))
     print(f"rgb tokenizer: val PSNR {tok_metrics['val_psnr']:.1f} dB, codebook {model.cfg.codebook_size}")
     rgb_grid = image_tokenizer.tokenize_images(model, val_rgb[:1].transpose(0, 3, 1, 2)).shape[1:]
     if tuple(rgb_grid) != grid:
