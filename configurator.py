@@ -4,7 +4,7 @@ Plain-Python configuration, nanoGPT style, with errors that say what to do.
     python train.py config/train_shakespeare_char_cpu.py --batch_size=32 --compile=False
 
 An argument without '=' is a Python file exec'd over the script's defaults; '--key=value' overrides one
-default. Values are parsed with ast.literal_eval and fall back to the raw string, except for keys whose default
+default, and a bare '--flag' sets a True/False key to True. Values are parsed with ast.literal_eval and fall back to the raw string, except for keys whose default
 is a string: those keep the raw text, so --start=42 is the prompt "42" and --caption="'a'" keeps its quotes.
 Every key must already exist (a typo names the closest valid keys) and keep its default's type (an int is fine
 for a float; a default of None accepts anything; None is accepted only where the default is None).
@@ -61,6 +61,8 @@ def configure(namespace, argv=None, keys=None, allow_new=False):
     if keys is None:
         keys = [k for k, v in namespace.items() if not k.startswith('_') and isinstance(v, plain)]
     for arg in argv:
+        if '=' not in arg and arg.startswith('--') and isinstance(namespace.get(arg[2:]), bool) and arg[2:] in keys:
+            arg += '=True'  # a bare --flag switches a True/False key on
         if '=' not in arg:
             if arg.startswith('--'):
                 raise ConfigError(f"{arg}: overrides are written --key=value.")

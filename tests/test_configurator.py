@@ -50,7 +50,15 @@ def test_missing_config_file_and_malformed_override():
     with pytest.raises(ConfigError, match="cannot read config file"):
         configure(defaults(), ['config/nope.py'])
     with pytest.raises(ConfigError, match="--key=value"):
-        configure(defaults(), ['--compile'])
+        configure(defaults(), ['--batch_size'])  # only a True/False key may stand alone
+
+
+def test_bare_flag_switches_a_bool_on():
+    ns = defaults()
+    configure(ns, ['--compile'])
+    assert ns['compile'] is True
+    with pytest.raises(ConfigError, match="--key=value"):  # not a key this script has: no silent True
+        configure(defaults(), ['--quick'])
 
 
 def test_every_config_file_is_valid_for_train_py():
