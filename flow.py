@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from decoding import flow_sample
-from model import MLP, Attention, Norm, init_weights, patchify, rope_2d, sincos_1d, sincos_2d
+from model import MLP, Attention, Norm, init_weights, patchify, readout, rope_2d, sincos_1d, sincos_2d
 
 
 def modulate(x, shift, scale):
@@ -125,7 +125,7 @@ class FlowDiT(nn.Module):
         for block in self.blocks:
             x = block(x, ctx, rope=rope)
         shift, scale = self.ada_f(F.silu(ctx)).chunk(2, dim=-1)
-        x = self.unpatchify(self.patch_out(modulate(self.norm_f(x[:, self.prefix:]), shift, scale)))  # like x_t
+        x = self.unpatchify(readout(self.patch_out, modulate(self.norm_f(x[:, self.prefix:]), shift, scale), c))  # like x_t
         if c.flow_target == 'x':
             # the network predicts the clean image and the velocity follows from it. Why: a token of 8x8x3 pixels
             # has 192 values, more than a 128-wide network can carry, so a predicted velocity (which holds the

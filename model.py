@@ -1,11 +1,14 @@
 """
 nano4M's model families on one set of shared Transformer blocks, read top to bottom:
   ModelConfig   every size and option, plain types (it round-trips through a checkpoint as a dict)
-  blocks        Norm, positions (learned, sin-cos, RoPE), Attention (self or cross, causal or masked), MLP, Block
+  blocks        Norm, positions (learned, sin-cos, RoPE), Attention (self or cross, causal or masked), MLP, Block,
+                readout (every family's output layer goes through it)
   'gpt'         causal decoder over a token sequence (text, or image tokens in raster order after a class token)
   'maskgit'     bidirectional Transformer over an image's token grid: predicts masked tokens, decoded iteratively
   '4m'          encoder-decoder over sets of tokens from several modalities: the encoder reads any visible subset,
                 the decoder's queries (modality + position) predict any other subset (any-to-any, chained generation)
+  μP            mup=True: init, attention scale and output multiplier that let hyperparameters tuned at
+                mup_base_width hold at any width (optim.py scales the learning rates)
   FAMILIES      model_type -> class: the one place a family is registered (baselines.py adds 'lstm', 'kgram_mlp',
                 flow.py 'flow' (a DiT), vlm.py 'vlm' (a vision encoder in front of this file's GPT))
 Inference state and sampling (KV cache, filters, guidance, decoding loops) live in decoding.py, optimizers in
@@ -49,6 +52,8 @@ class ModelConfig:
     optimizer: str = 'adamw'    # 'adamw' | 'muon' (Muon on 2-D hidden weights, AdamW on the rest)
     muon_lr: float = 0.02       # Muon's peak learning rate; train.py's schedule scales it like learning_rate
     muon_momentum: float = 0.95
+    mup: bool = False           # μP (see mup_init): hyperparameters tuned at n_embd = mup_base_width hold at any width
+    mup_base_width: int = 0     # the width the hyperparameters were tuned at; there μP is the standard model exactly
     # maskgit (0 = taken from the dataset's meta.json through data.model_args)
     codebook_size: int = 0      # image token ids are 0..codebook_size-1; the mask token is id codebook_size
     grid_h: int = 0             # the token grid, h x w; positions are 2-D
@@ -171,6 +176,15 @@ def softcap(logits, cap):
     return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
+def readout(head, x, config):
+    """A family's output layer head(x). Under μP its input is multiplied by mup_base_width / n_embd: the head's
+    weights are updated at a width-independent rate and, once aligned with x, head(x) sums n_embd such terms,
+    so without the multiplier the logits would grow with width (see mup_init)."""
+    if config.mup:
+        x = x * (config.mup_base_width / config.n_embd)
+    return head(x)
+
+
 class Attention(nn.Module):
     """Multi-head attention through F.scaled_dot_product_attention (flash / memory-efficient kernels).
 
@@ -186,6 +200,11 @@ class Attention(nn.Module):
         super().__init__()
         assert config.n_embd % config.n_head == 0
         self.n_head, self.head_dim = config.n_head, config.n_embd // config.n_head
+        # q·k / sqrt(head_dim), or under μP q·k / head_dim (once training aligns q with k their dot product grows like
+        # head_dim, not its root), written so that it is 1/sqrt(head_dim) exactly at the base width
+        self.scale = 1 / math.sqrt(self.head_dim)
+        if config.mup:
+            self.scale *= math.sqrt(config.mup_base_width / config.n_embd)
         self.cross = cross
         if cross:
             self.q_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -228,7 +247,7 @@ class Attention(nn.Module):
         if self.linear:
             assert causal and mask is None, "linear attention is causal only (gpt family)"
             log_gate = F.logsigmoid(self.gate_proj(x) + self.gate_bias).transpose(1, 2)  # (B, nh, T)
-            y = linear_attention(q, k, v, log_gate, kv_cache, layer)
+            y = linear_attention(q, k, v, log_gate, kv_cache, layer, self.scale)
         else:
             if kv_cache is not None:
                 past = kv_cache.length
@@ -243,13 +262,13 @@ class Attention(nn.Module):
             if on_cpu and dtype == torch.bfloat16:
                 q, k, v = q.float(), k.float(), v.float()
             with torch.autocast('cpu', enabled=False) if on_cpu else nullcontext():  # autocast would cast back
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale,
                                                    dropout_p=self.dropout if self.training else 0.0).to(dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads
         return self.resid_dropout(self.out_proj(y))
 
 
-def linear_attention(q, k, v, log_gate, kv_cache=None, layer=0):
+def linear_attention(q, k, v, log_gate, kv_cache=None, layer=0, scale=None):
     """Gated linear attention with a scalar forget gate per head and step (the recurrence of GLA / Mamba-2,
     simplified). As a recurrence over a (hs, hs) state S per head:
 
@@ -260,9 +279,9 @@ def linear_attention(q, k, v, log_gate, kv_cache=None, layer=0):
     the state S carried from earlier tokens adds (g_1···g_t) · q_t S_0 and is updated for the next call, so
     decoding costs O(1) per token. The output is RMS-normalised per head (as GLA and RetNet do) since, without
     a softmax, its scale drifts with the sequence length.
-    q, k, v (B, nh, T, hs); log_gate (B, nh, T) = log g."""
+    q, k, v (B, nh, T, hs); log_gate (B, nh, T) = log g; scale: what replaces 1/sqrt(hs) (μP's is smaller)."""
     B, nh, T, hs = q.shape
-    q, k, v = q.float() / math.sqrt(hs), k.float(), v.float()
+    q, k, v = q.float() * (scale or 1 / math.sqrt(hs)), k.float(), v.float()
     cum = log_gate.float().cumsum(dim=-1)  # (B, nh, T): log(g_1···g_t) within this call
     decay = cum[..., :, None] - cum[..., None, :]  # (B, nh, T, T): log(g_{s+1}···g_t)
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
@@ -482,7 +501,7 @@ class MaskGIT(nn.Module):
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, causal=False, rope=rope)
-        logits = softcap(self.head(self.norm_f(x[:, c.cond_len:])), c.logit_softcap)  # (B, L, K): grid only
+        logits = softcap(readout(self.head, self.norm_f(x[:, c.cond_len:]), c), c.logit_softcap)  # (B, L, K): grid only
         if not compute_loss:
             return logits, None, {}
         # loss on masked positions only: visible tokens are copied from the input, predicting them is free. Full
@@ -684,7 +703,7 @@ class FourM(nn.Module):
             self_mask = self_attention_mask(decoder_attention(dec_mod, dec_pos, dec_pad, self.is_ar, self.config.dec_attn))
             for block in self.decoder:
                 x = block(x, mask=self_mask, context=context, context_mask=cross_mask)
-        logits = self.head(self.dec_norm(x))  # (B, N_tgt, V)
+        logits = readout(self.head, self.dec_norm(x), self.config)  # (B, N_tgt, V)
         return logits.masked_fill(~self.in_vocab[dec_mod], float('-inf'))
 
     def forward(self, enc_tokens, enc_pos, enc_mod, enc_pad, dec_pos, dec_mod, dec_pad, targets=None, dec_tokens=None,
@@ -953,8 +972,8 @@ def next_token_outputs(model, x, targets):
     config's logit soft-cap. Without targets only the last position's logits are computed (B, 1, V)."""
     cap = model.config.logit_softcap
     if targets is None:
-        return softcap(model.lm_head(x[:, [-1], :]), cap), None, {}
-    logits = softcap(model.lm_head(x), cap)  # (B, T, V)
+        return softcap(readout(model.lm_head, x[:, [-1], :], model.config), cap), None, {}
+    logits = softcap(readout(model.lm_head, x, model.config), cap)  # (B, T, V)
     loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
     return logits, loss, {}
 
@@ -987,6 +1006,40 @@ def flops_per_token(model, seq_len):
         return (6 * (enc * n_in + dec * n_tgt) + attention) / seq_len
     return 6 * num_params(model) + 12 * c.n_layer * c.n_embd * seq_len
 
+# -----------------------------------------------------------------------------
+# μP (the maximal update parametrisation; Yang & Hu 2021, Tensor Programs V 2022): with m = n_embd / mup_base_width,
+#   hidden matrices (both sides grow with width)  init std / sqrt(m), Adam learning rate / m  (optim.py)
+#   attention logits                               q·k / head_dim instead of / sqrt(head_dim)  (Attention)
+#   output logits                                  head input x 1/m, head updated at the base rate  (readout)
+#   embeddings, norms, biases                      unchanged
+# so that every layer's activations, and how much one optimizer step moves them, stay the same size as the model
+# widens: a learning rate tuned at the base width is the best one at every width. At m = 1 this is the standard model.
+
+def width_dims(model):
+    """{parameter name: how many of its dims grow with n_embd}: 2 for hidden matrices, 1 for vectors and for the
+    matrices with one fixed side (embeddings, output heads, patch projections), 0 for fixed sizes. Found by building
+    the same model twice as wide on the meta device (no memory, no random numbers), so any family is covered."""
+    wide = dict(model.config.to_dict(), n_embd=2 * model.config.n_embd, mup=False)
+    with torch.device('meta'):
+        twin = build_model(ModelConfig.from_dict(wide))
+    twin_shapes = {name: p.shape for name, p in twin.named_parameters()}
+    return {name: sum(a != b for a, b in zip(p.shape, twin_shapes[name])) for name, p in model.named_parameters()}
+
+
+def mup_init(model):
+    """μP's init: the hidden matrices of Linear layers start at std / sqrt(m) (variance ~ 1/fan_in, the standard
+    init at the base width). Convolutions keep PyTorch's init, already ~ 1/sqrt(fan_in)."""
+    c = model.config
+    if c.mup_base_width <= 0:
+        raise ValueError(f"mup=True needs mup_base_width, the width its hyperparameters were tuned at, e.g. "
+                         f"--mup_base_width={c.n_embd}")
+    hidden = {name for name, d in width_dims(model).items() if d == 2}
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and (f'{name}.weight' if name else 'weight') in hidden:
+                m.weight.mul_(math.sqrt(c.mup_base_width / c.n_embd))
+
+
 # model_type -> 'module.Class'. A new family is one line here; families outside this file import its blocks, so
 # they are imported when built rather than at the top (no import cycle)
 FAMILIES = {'gpt': 'model.GPT', 'maskgit': 'model.MaskGIT', '4m': 'model.FourM',
@@ -997,4 +1050,7 @@ def build_model(config):
     if config.model_type not in FAMILIES:
         raise ValueError(f"unknown model_type {config.model_type!r}; choose one of {sorted(FAMILIES)}")
     module, name = FAMILIES[config.model_type].rsplit('.', 1)
-    return getattr(importlib.import_module(module), name)(config)
+    model = getattr(importlib.import_module(module), name)(config)
+    if config.mup:
+        mup_init(model)
+    return model

@@ -5,6 +5,7 @@ hidden matrices with AdamW for the rest, as one optimizer object that train.py a
 import torch
 import torch.nn as nn
 
+from model import width_dims
 
 
 def newton_schulz(G, steps=5, dtype=torch.float32):
@@ -110,15 +111,30 @@ def configure_optimizer(model, weight_decay, learning_rate, betas, device_type, 
     With model.config.optimizer == 'muon': Muon on hidden_matrices(model) at config.muon_lr (no weight decay),
     AdamW as above on the rest. Each group's 'lr_scale' is its peak learning rate over learning_rate, so
     train.py's schedule sets group['lr'] = lr(it) · lr_scale and decays both alike. ns_dtype: the precision of
-    Muon's Newton–Schulz matmuls (train.py passes bfloat16 when it trains in bfloat16)."""
+    Muon's Newton–Schulz matmuls (train.py passes bfloat16 when it trains in bfloat16).
+
+    With model.config.mup (see model.mup_init), m = n_embd / mup_base_width: the hidden matrices AdamW trains get
+    their own group at learning rate / m, with weight decay x m so that the decay per step (lr · wd in AdamW)
+    stays what it is at the base width, as "independent" weight decay (Wortsman et al. 2023). Muon's hidden
+    matrices keep muon_lr: its update is orthogonalised and scaled by sqrt(fan_out / fan_in), so it already
+    moves every layer's outputs by the same amount at any width (the spectral condition of Yang, Simon and
+    Bernstein 2023), which is what μP's 1/m does for Adam."""
     config = model.config
     params = [p for p in model.parameters() if p.requires_grad]
     assert config.optimizer in ('adamw', 'muon'), f"unknown optimizer {config.optimizer!r}: 'adamw' or 'muon'"
     muon = hidden_matrices(model) if config.optimizer == 'muon' else []
     muon_ids = {id(p) for p in muon}
-    decay = [p for p in params if p.dim() >= 2 and id(p) not in muon_ids]
+    mup_ids = set()
+    if config.mup:
+        dims = width_dims(model)
+        mup_ids = {id(p) for name, p in model.named_parameters() if dims[name] == 2 and id(p) not in muon_ids}
+    decay = [p for p in params if p.dim() >= 2 and id(p) not in muon_ids | mup_ids]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+    if mup_ids:
+        m = config.n_embd / config.mup_base_width
+        groups.append({'params': [p for p in params if id(p) in mup_ids], 'weight_decay': weight_decay * m,
+                       'lr': learning_rate / m, 'lr_scale': 1 / m})
     if config.optimizer == 'adamw':
         fused = device_type == 'cuda'  # the fused kernel is a single launch per step on GPUs
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)

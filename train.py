@@ -316,6 +316,10 @@ def main():
         print(f"{model_type} model: {num_params(model) / 1e6:.2f}M parameters; "
               f"{tokens_per_iter:,} tokens per iteration ({grad_accum} micro-steps x {world_size} ranks x "
               f"{batch_size} x {model_config.block_size})")
+        if model_config.mup:
+            m = model_config.n_embd / model_config.mup_base_width
+            print(f"muP: width {model_config.n_embd} = {m:g} x base width {model_config.mup_base_width}: hidden matrices "
+                  f"init std x {m ** -0.5:.3g}, AdamW lr x {1 / m:.3g}; attention q.k/head_dim; logits x {1 / m:.3g}")
 
     scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype_name == 'float16'))
     optimizer = configure_optimizer(model, weight_decay, learning_rate, (beta1, beta2), device_type,
