@@ -608,16 +608,17 @@ def text_panel(text, width, height):
     return np.asarray(img)
 
 
-def save_line_plot(path, series, xlabel, ylabel, title='', size=(480, 320), logx=False):
+def save_line_plot(path, series, xlabel, ylabel, title='', size=(480, 320), logx=False, ylim=None):
     """series {label: (xs, ys)} -> a PNG line chart (markers at the points; a series of one point is drawn as a
-    dashed horizontal reference line), with Pillow only: the figures of the learning curves and sweeps."""
+    dashed horizontal reference line), with Pillow only: the figures of the learning curves and sweeps.
+    ylim (lo, hi): a fixed y range, e.g. shared by plots set side by side."""
     from PIL import Image, ImageDraw
     W, H = size
     left, right, top, bottom = 56, 150, 24, 40
     fx = (lambda v: math.log(v)) if logx else float
     xs = [fx(x) for s in series.values() for x in s[0]]
     ys = [y for s in series.values() for y in s[1]]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    x0, x1, y0, y1 = min(xs), max(xs), *(ylim or (min(ys), max(ys)))
     x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
     y0, y1 = y0 - 0.05 * (y1 - y0), y1 + 0.05 * (y1 - y0)
     px = lambda x: left + (fx(x) - x0) / (x1 - x0) * (W - left - right)

@@ -6,6 +6,10 @@ val loss the baseline recipe reaches at the end of its schedule (2000 iterations
     python speedrun.py --runs=baseline,muon,speedrun_cpu      # some rows only
     python speedrun.py --max_iters=200 --target=2.5 --seeds=1 --runs=baseline,rope   # a quick check
     python speedrun.py --suite=4m --base=config/nano4m_cpu.py # the 4M table (options every family has)
+    python speedrun.py --suite=mup                            # μP: learning-rate basins at 4 widths, SP vs μP
+    python speedrun.py --suite=mup --quick                    # the same at 3 small widths, 1 seed (~4 min)
+    python speedrun.py --suite=mup_4m                         # the 4M's basins (clevr)
+    python speedrun.py --suite=coord_check                    # μP's coordinate check
 
 Everything runs in this process, one run after another, on the same machine: first the baseline for every
 seed (its final val loss, the worst over seeds, becomes the target unless --target is given), then every other
@@ -13,6 +17,10 @@ run, each stopped as soon as its val loss reaches the target. Val loss is measur
 iterations on one fixed set of val batches, the same for every run; the crossing is interpolated linearly
 between the two evals around it. Time counts training steps only (batches, forward, backward, update), not
 evals. The table goes to stdout and to --out (markdown); the rows to --out with .jsonl.
+
+The μP suites (see mup_sweep) train every (width, learning rate, seed) for the same tokens, SP and μP, and plot
+final val loss against learning rate, one curve per width; each finished run is a line of the .jsonl, so an
+interrupted sweep, or several processes splitting it with --widths / --lrs, picks up where it stopped.
 
 Times depend on the machine and on whatever else runs on it; tokens do not. Run it on an idle machine with
 the thread count you will train with (OMP_NUM_THREADS), or on a shared one with OMP_NUM_THREADS=1 --clock=cpu:
@@ -29,13 +37,14 @@ import torch
 
 from common import lr_schedule
 from configurator import ConfigError, configure
-from data import DataError, load_data
+from data import DataError, load_data, save_line_plot
 from model import ModelConfig, build_model
 from optim import configure_optimizer
 
 # -----------------------------------------------------------------------------
 base = 'config/train_shakespeare_char_cpu.py'  # the recipe every run starts from
-suite = 'gpt'               # 'gpt' | '4m': which rows (see SUITES)
+suite = 'gpt'               # 'gpt' | '4m': which rows (see SUITES); 'mup' | 'mup_4m' | 'mup_muon' | 'coord_check'
+                            # (MUP_SUITES)
 runs = ''                   # comma-separated row names; '' runs the whole suite
 seeds = 2
 target = 0.0                # val loss to reach; 0 measures it: the baseline's final val loss (worst seed)
@@ -46,7 +55,11 @@ eval_batch_size = 32        # ...of this many sequences
 device = 'cpu'
 clock = 'wall'              # 'wall' | 'cpu': time in process CPU seconds / threads, which other jobs on a shared
                             # machine do not inflate (one thread: the wall time the run takes on an idle core)
-out = 'out-speedrun/speedrun.md'  # the table; the per-run rows and eval curves go next to it (.jsonl)
+out = 'out-speedrun/speedrun.md'  # the table; the per-run rows and eval curves go next to it (.jsonl); μP suites:
+                                  # out-mup/<suite>.md, .jsonl and .png unless given
+quick = False               # μP suites: 3 small widths, 1 seed, 100 iterations
+widths = ''                 # μP suites: comma-separated widths to run ('' = the suite's)
+lrs = ''                    # μP suites: comma-separated log2 learning rates to run ('' = the suite's)
 # -----------------------------------------------------------------------------
 _config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 
@@ -141,6 +154,9 @@ def train_run(cfg, seed, target_loss, eval_set, data):
             batch = {k: v.to(device) for k, v in data.get_batch('train', B, sampler).items()}
             _, loss, _ = model(**batch)
             (loss / accum).backward()
+        if not math.isfinite(loss.item()):  # diverged: no later eval can recover
+            history.append((it + 1, train_time, float('inf')))
+            break
         if cfg['grad_clip'] != 0.0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
         optimizer.step()
@@ -174,6 +190,8 @@ def main():
         configure(globals(), keys=_config_keys)
     except ConfigError as e:
         sys.exit(f"config error: {e}")
+    if suite in MUP_SUITES:
+        return mup_main()
     base_config = {**{f.name: f.default for f in fields(ModelConfig)}, **TRAINING_DEFAULTS}
     try:  # the base recipe's other keys (data options, out_dir, ...) come along as it sets them
         base_config = configure(base_config, argv=[base], keys=list(base_config), allow_new=True)
@@ -269,6 +287,202 @@ def speedrun_table(results, names, rows):
         lines.append(f"| {name} | {opts} | {reached}/{len(rs)} | {tokens / 1e6:.2f}M | {seconds:.0f}s | {ratio_tokens} | "
                      f"{ratio_time} | {ms:.1f} | {best:.4f} |")
     return '\n'.join(lines)
+
+
+# -----------------------------------------------------------------------------
+# μP: does a learning rate tuned at one width hold at the others?
+
+MUP_SUITES = {
+    # GPT on Shakespeare-char, depth 2 fixed, widths 64-512 (4 heads: head_dim grows with width, so the attention
+    # scale matters); base width 128, the CPU recipe's; 128 runs, ~130 CPU-minutes (width 512: 90). No gradient
+    # clipping: clipping by the global norm rescales every layer's update by a factor that itself depends on the
+    # width, which would blur both parametrisations.
+    'mup': dict(base='config/train_shakespeare_char_cpu.py', widths=(64, 128, 256, 512), log2_lrs=tuple(range(-13, -5)),
+                seeds=2, iters=200, model=dict(n_layer=2, n_head=4, mup_base_width=128),
+                train=dict(warmup_iters=20, grad_clip=0.0)),
+    # the 4M on clevr, at a short budget: 2+2 layers, batch 16, 7 learning rates, 1 seed
+    'mup_4m': dict(base='config/nano4m_cpu.py', widths=(64, 128, 256), log2_lrs=tuple(range(-12, -5)), seeds=1,
+                   iters=150, model=dict(n_layer=2, n_layer_dec=2, n_head=4, mup_base_width=128),
+                   train=dict(warmup_iters=15, grad_clip=0.0, batch_size=16)),
+    # Muon under μP: its own learning rate (muon_lr) swept, AdamW's (embeddings, head, norms) fixed at 2^-9
+    'mup_muon': dict(base='config/train_shakespeare_char_cpu.py', widths=(64, 128, 256), log2_lrs=tuple(range(-8, -2)),
+                     seeds=1, iters=200, swept='muon_lr', model=dict(n_layer=2, n_head=4, mup_base_width=128),
+                     train=dict(warmup_iters=20, grad_clip=0.0, optimizer='muon', learning_rate=2 ** -9,
+                                min_lr=2 ** -9 / 10)),
+    # mean |activation| per layer after a few Adam steps, widths 32-512 (see coord_check)
+    'coord_check': dict(base='config/train_shakespeare_char_cpu.py', widths=(32, 64, 128, 256, 512), seeds=3,
+                        steps=4, lr=1e-2, model=dict(n_layer=2, n_head=4, mup_base_width=32)),
+}
+MUP_QUICK = dict(widths=(32, 64, 128), seeds=1, iters=100)
+
+
+def coord_check(model_args, widths, batches, lr=1e-2, seed=0):
+    """For each parametrisation ('sp', 'mup') and width: {layer: mean |activation|} in the forward pass of every one
+    of len(batches) Adam steps (at learning rate lr, no schedule), for the embeddings (before the first block), each
+    block's output and the logits of a GPT. Under μP every layer's value stays the same as the width grows; under the
+    standard parametrisation the updates move the blocks and logits by more the wider the model (Tensor Programs V).
+    Returns {param: {width: [{layer: value} per step]}}."""
+    result = {}
+    for param in ('sp', 'mup'):
+        for width in widths:
+            torch.manual_seed(seed)
+            config = ModelConfig(**{**model_args, 'n_embd': width, 'mup': param == 'mup'})
+            model = build_model(config)
+            optimizer = configure_optimizer(model, 0.0, lr, (0.9, 0.95), 'cpu')
+            record = {}
+            layers = [('embeddings', model.drop)] + [(f'block {i + 1}', b) for i, b in enumerate(model.blocks)]
+            for name, module in layers:
+                module.register_forward_hook(
+                    lambda m, i, out, name=name: record.__setitem__(name, out.abs().mean().item()))
+            steps = []
+            for idx, targets in batches:
+                logits, loss, _ = model(idx, targets)
+                record['logits'] = logits.abs().mean().item()
+                steps.append(dict(record))
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            result.setdefault(param, {})[width] = steps
+    return result
+
+
+def mup_main():
+    spec = MUP_SUITES[suite]
+    out_md = out if out != 'out-speedrun/speedrun.md' else f'out-mup/{suite}.md'
+    stem = os.path.splitext(out_md)[0]
+    os.makedirs(os.path.dirname(out_md) or '.', exist_ok=True)
+    run_widths = tuple(int(w) for w in widths.split(',')) if widths else \
+        (MUP_QUICK['widths'] if quick else spec['widths'])
+    base_file = spec['base'] if base == 'config/train_shakespeare_char_cpu.py' else base
+    base_config = {**{f.name: f.default for f in fields(ModelConfig)}, **TRAINING_DEFAULTS}
+    try:
+        base_config = configure(base_config, argv=[base_file], keys=list(base_config), allow_new=True)
+        data = make_data(base_config)
+    except (ConfigError, DataError) as e:
+        sys.exit(f"{'data' if isinstance(e, DataError) else 'config'} error: {e}")
+    base_config.update(spec['model'])
+    model_args = {f.name: base_config[f.name] for f in fields(ModelConfig)}
+    for k, v in data.model_args.items():
+        if model_args[k] in (0, '', None, ()):
+            model_args[k] = v
+
+    if suite == 'coord_check':
+        gen = torch.Generator().manual_seed(0)
+        batches = [data.get_batch('train', 16, gen) for _ in range(spec['steps'] + 1)]
+        results = [coord_check(model_args, run_widths, [(b['idx'], b['targets']) for b in batches], spec['lr'], seed)
+                   for seed in range(spec['seeds'])]
+        last = {p: {w: {k: sum(r[p][w][-1][k] for r in results) / len(results) for k in results[0][p][w][-1]}
+                    for w in run_widths} for p in ('sp', 'mup')}
+        layer_names = list(last['sp'][run_widths[0]])
+        lines = [f"Mean |activation| after {spec['steps']} Adam steps at lr {spec['lr']:g} (mean of {spec['seeds']} "
+                 f"seeds); GPT, {base_config['n_layer']} layers; muP base width {spec['model']['mup_base_width']}; "
+                 f"{time.strftime('%Y-%m-%d')}.\n", '| param | layer | ' + ' | '.join(f'width {w}' for w in run_widths)
+                 + ' | widest / narrowest |', '|---|---|' + '---|' * (len(run_widths) + 1)]
+        for p in ('sp', 'mup'):
+            for k in layer_names:
+                v = [last[p][w][k] for w in run_widths]
+                lines.append(f"| {p} | {k} | " + ' | '.join(f'{x:.3g}' for x in v) + f" | {v[-1] / v[0]:.2f} |")
+        table = '\n'.join(lines)
+        panels = {p: {k: ([math.log2(w) for w in run_widths], [math.log10(last[p][w][k]) for w in run_widths])
+                      for k in layer_names} for p in ('sp', 'mup')}
+        save_panels(stem + '.png', panels, 'log2 width', 'log10 mean |activation|',
+                    {'sp': 'standard (SP)', 'mup': 'muP'})
+    else:
+        iters = MUP_QUICK['iters'] if quick else spec['iters']
+        seeds_ = MUP_QUICK['seeds'] if quick else spec['seeds']
+        run_lrs = tuple(int(x) for x in lrs.split(',')) if lrs else spec['log2_lrs']
+        gen = torch.Generator().manual_seed(4242)  # one fixed val set for every run
+        eval_set = [{k: v.to(device) for k, v in data.get_batch('val', eval_batch_size, gen).items()}
+                    for _ in range(eval_batches)]
+        log_path = stem + '.jsonl'
+        rows = [json.loads(line) for line in open(log_path)] if os.path.exists(log_path) else []
+        done = {(r['param'], r['width'], r['log2_lr'], r['seed'], r['iters']) for r in rows}
+        global eval_interval
+        eval_interval = iters  # the final val loss is what the basin plots
+        print(f"{suite}: base {base_file}, widths {run_widths}, log2 lr {run_lrs}, {seeds_} seed(s), {iters} iterations, "
+              f"{torch.get_num_threads()} threads -> {log_path}")
+        for width in run_widths:
+            for param in ('sp', 'mup'):
+                for log2_lr in run_lrs:
+                    for s in range(seeds_):
+                        if (param, width, log2_lr, 1337 + s, iters) in done:
+                            continue
+                        lr = 2.0 ** log2_lr
+                        swept = {spec['swept']: lr} if 'swept' in spec else {'learning_rate': lr, 'min_lr': lr / 10}
+                        cfg = {**base_config, **spec['train'], 'n_embd': width, 'mup': param == 'mup', **swept,
+                               'max_iters': iters, 'lr_decay_iters': iters}
+                        history, _ = train_run(cfg, 1337 + s, None, eval_set, data)
+                        it, seconds, val = history[-1]
+                        row = dict(param=param, width=width, log2_lr=log2_lr, seed=1337 + s, iters=iters,
+                                   final_val=val if math.isfinite(val) else None, train_s=seconds)
+                        print(f"{param} width {width} lr 2^{log2_lr}: val {val:.4f} ({seconds:.0f}s)", flush=True)
+                        with open(log_path, 'a') as f:
+                            f.write(json.dumps(row) + '\n')
+                        rows.append(row)
+        table = mup_table([r for r in rows if r['iters'] == iters], stem + '.png', spec['model']['mup_base_width'])
+    print('\n' + table)
+    with open(out_md, 'w') as f:
+        f.write(table + '\n')
+    print(f"wrote {out_md} and {stem}.png")
+
+
+def mup_basins(rows):
+    """rows -> {param: {width: {log2_lr: final val loss, mean over seeds; inf if any seed diverged}}}."""
+    runs = {}
+    for r in rows:
+        runs.setdefault(r['param'], {}).setdefault(r['width'], {}).setdefault(r['log2_lr'], []).append(
+            r['final_val'] if r['final_val'] is not None else float('inf'))
+    return {p: {w: {lr: sum(v) / len(v) for lr, v in sorted(by_lr.items())} for w, by_lr in sorted(ws.items())}
+            for p, ws in runs.items()}
+
+
+def mup_table(rows, png, base_width):
+    """The basin table and plot: per parametrisation, each width's best learning rate and loss, how far the best
+    learning rate moves across widths, and what the learning rate found at the base width gives at the widest."""
+    basins = mup_basins(rows)
+    lines = [f"{len({r['seed'] for r in rows})} seed(s), {rows[0]['iters']} iterations per run; final val loss, mean "
+             f"over seeds (inf: diverged); {time.strftime('%Y-%m-%d')}.\n"]
+    for p, ws in basins.items():
+        lrs_ = sorted({lr for by_lr in ws.values() for lr in by_lr})
+        lines += [f"**{p}**\n", '| width | ' + ' | '.join(f'2^{lr}' for lr in lrs_) + ' | best lr | best loss |',
+                  '|---|' + '---|' * (len(lrs_) + 2)]
+        for w, by_lr in ws.items():
+            best = min(by_lr, key=by_lr.get)
+            lines.append(f"| {w} | " + ' | '.join(f'{by_lr[lr]:.4f}' if lr in by_lr else '' for lr in lrs_)
+                         + f" | 2^{best} | {by_lr[best]:.4f} |")
+        bests = {w: min(by_lr, key=by_lr.get) for w, by_lr in ws.items()}
+        best_losses = [ws[w][bests[w]] for w in ws]
+        lines.append(f"\nbest lr moves {max(bests.values()) - min(bests.values())} step(s) of 2x across widths "
+                     f"{min(ws)}-{max(ws)}; wider never worse at its best: "
+                     f"{all(b <= a for a, b in zip(best_losses, best_losses[1:]))}\n")
+        narrow, wide = (base_width if base_width in ws else min(ws)), max(ws)
+        if narrow != wide and bests[narrow] in ws[wide]:
+            got, own = ws[wide][bests[narrow]], ws[wide][bests[wide]]
+            lines.append(f"transfer: width {narrow}'s best lr 2^{bests[narrow]} at width {wide}: {got:.4f}, against "
+                         f"its own best (2^{bests[wide]}) {own:.4f}: +{got - own:.4f}\n")
+    finite = [v for ws in basins.values() for by_lr in ws.values() for v in by_lr.values() if math.isfinite(v)]
+    top = min(max(finite), min(finite) + 1.5)  # diverged and far-off runs sit at the top edge
+    panels = {p: {f'width {w}': (list(by_lr), [min(v, top) for v in by_lr.values()]) for w, by_lr in ws.items()}
+              for p, ws in basins.items()}
+    save_panels(png, panels, 'log2 learning rate', 'final val loss', {'sp': 'standard (SP)', 'mup': 'muP'},
+                ylim=(min(finite), top))
+    return '\n'.join(lines)
+
+
+def save_panels(path, panels, xlabel, ylabel, titles, ylim=None):
+    """{panel: series} -> one PNG of line plots side by side (data.save_line_plot each), on one y range."""
+    from PIL import Image
+    if ylim is None:
+        ys = [y for series in panels.values() for _, sy in series.values() for y in sy]
+        ylim = (min(ys), max(ys))
+    images = []
+    for name, series in panels.items():
+        save_line_plot(path, series, xlabel, ylabel, titles.get(name, name), size=(520, 340), ylim=ylim)
+        images.append(Image.open(path).convert('RGB'))
+    canvas = Image.new('RGB', (sum(im.width for im in images), max(im.height for im in images)), (255, 255, 255))
+    for i, im in enumerate(images):
+        canvas.paste(im, (sum(x.width for x in images[:i]), 0))
+    canvas.save(path)
 
 
 if __name__ == '__main__':
