@@ -7,7 +7,7 @@ val loss the baseline recipe reaches at the end of its schedule (2000 iterations
     python speedrun.py --max_iters=200 --target=2.5 --seeds=1 --runs=baseline,rope   # a quick check
     python speedrun.py --suite=4m --base=config/nano4m_cpu.py # the 4M table (options every family has)
     python speedrun.py --suite=mup                            # μP: learning-rate basins at 4 widths, SP vs μP
-    python speedrun.py --suite=mup --quick                    # the same at 3 small widths, 1 seed (~4 min)
+    python speedrun.py --suite=mup --quick                    # the same at 3 small widths, 1 seed (2.5 min)
     python speedrun.py --suite=mup_4m                         # the 4M's basins (clevr)
     python speedrun.py --suite=coord_check                    # μP's coordinate check
 
