@@ -48,7 +48,8 @@ suite = 'gpt'               # 'gpt' | '4m': which rows (see SUITES); 'mup' | 'mu
 runs = ''                   # comma-separated row names; '' runs the whole suite
 seeds = 2
 target = 0.0                # val loss to reach; 0 measures it: the baseline's final val loss (worst seed)
-max_iters = 0               # 0: the base recipe's; else it replaces the base's max_iters and lr_decay_iters
+max_iters = 0               # 0: the base recipe's; else it replaces the base's max_iters and lr_decay_iters (μP
+                            # suites: iterations per run, warm-up a tenth of them; 0: the suite's)
 eval_interval = 50
 eval_batches = 8            # fixed val batches per eval...
 eval_batch_size = 32        # ...of this many sequences
@@ -299,15 +300,15 @@ MUP_SUITES = {
     # width, which would blur both parametrisations.
     'mup': dict(base='config/train_shakespeare_char_cpu.py', widths=(64, 128, 256, 512), log2_lrs=tuple(range(-13, -5)),
                 seeds=2, iters=200, model=dict(n_layer=2, n_head=4, mup_base_width=128),
-                train=dict(warmup_iters=20, grad_clip=0.0)),
+                train=dict(grad_clip=0.0)),
     # the 4M on clevr, at a short budget: 2+2 layers, batch 16, 7 learning rates, 1 seed
     'mup_4m': dict(base='config/nano4m_cpu.py', widths=(64, 128, 256), log2_lrs=tuple(range(-12, -5)), seeds=1,
                    iters=150, model=dict(n_layer=2, n_layer_dec=2, n_head=4, mup_base_width=128),
-                   train=dict(warmup_iters=15, grad_clip=0.0, batch_size=16)),
+                   train=dict(grad_clip=0.0, batch_size=16)),
     # Muon under μP: its own learning rate (muon_lr) swept, AdamW's (embeddings, head, norms) fixed at 2^-9
     'mup_muon': dict(base='config/train_shakespeare_char_cpu.py', widths=(64, 128, 256), log2_lrs=tuple(range(-8, -2)),
                      seeds=1, iters=200, swept='muon_lr', model=dict(n_layer=2, n_head=4, mup_base_width=128),
-                     train=dict(warmup_iters=20, grad_clip=0.0, optimizer='muon', learning_rate=2 ** -9,
+                     train=dict(grad_clip=0.0, optimizer='muon', learning_rate=2 ** -9,
                                 min_lr=2 ** -9 / 10)),
     # mean |activation| per layer after a few Adam steps, widths 32-512 (see coord_check)
     'coord_check': dict(base='config/train_shakespeare_char_cpu.py', widths=(32, 64, 128, 256, 512), seeds=3,
@@ -388,7 +389,7 @@ def mup_main():
         save_panels(stem + '.png', panels, 'log2 width', 'log10 mean |activation|',
                     {'sp': 'standard (SP)', 'mup': 'muP'})
     else:
-        iters = MUP_QUICK['iters'] if quick else spec['iters']
+        iters = max_iters or (MUP_QUICK['iters'] if quick else spec['iters'])
         seeds_ = MUP_QUICK['seeds'] if quick else spec['seeds']
         run_lrs = tuple(int(x) for x in lrs.split(',')) if lrs else spec['log2_lrs']
         gen = torch.Generator().manual_seed(4242)  # one fixed val set for every run
@@ -410,7 +411,7 @@ def mup_main():
                         lr = 2.0 ** log2_lr
                         swept = {spec['swept']: lr} if 'swept' in spec else {'learning_rate': lr, 'min_lr': lr / 10}
                         cfg = {**base_config, **spec['train'], 'n_embd': width, 'mup': param == 'mup', **swept,
-                               'max_iters': iters, 'lr_decay_iters': iters}
+                               'max_iters': iters, 'lr_decay_iters': iters, 'warmup_iters': iters // 10}
                         history, _ = train_run(cfg, 1337 + s, None, eval_set, data)
                         it, seconds, val = history[-1]
                         row = dict(param=param, width=width, log2_lr=log2_lr, seed=1337 + s, iters=iters,
