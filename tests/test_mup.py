@@ -64,8 +64,7 @@ def test_mup_at_the_base_width_is_the_standard_model_bit_for_bit(family):
     assert all(torch.equal(standard[k], mup[k]) for k in standard)
     # and away from the base width it is a different model (the flag does something)
     other, _ = train_steps(build, batch_fn, mup=True, mup_base_width=width // 2)
-    assert not torch.equal(other[next(iter(other))], standard[next(iter(standard))]) or \
-        any(not torch.equal(standard[k], other[k]) for k in standard)
+    assert any(not torch.equal(standard[k], other[k]) for k in standard)
 
 
 def test_hidden_matrices_are_found_by_shape_in_every_family():
@@ -104,7 +103,7 @@ def test_coordinate_check_flat_under_mup_growing_under_sp():
 def test_muon_keeps_its_learning_rate_under_mup():
     """Muon's orthogonalised update is already width-independent: its hidden matrices keep muon_lr, and only what
     AdamW trains gets μP's 1/m."""
-    model = gpt(n_embd=128, mup=True, mup_base_width=32, optimizer='muon', muon_lr=0.02, grid_conv=0)
+    model = gpt(n_embd=128, mup=True, mup_base_width=32, optimizer='muon', muon_lr=0.02)
     opt = configure_optimizer(model, 0.1, 1e-3, (0.9, 0.95), 'cpu')
     muon = [g for g in opt.param_groups if g['muon']]
     assert len(muon) == 1 and muon[0]['lr'] == 0.02 and len(muon[0]['params']) == 8
